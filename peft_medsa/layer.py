@@ -1,0 +1,347 @@
+"""Med-SA's adapter layers: the wrappers that replace SAM's image-encoder blocks and mask-decoder blocks.
+
+- `MedSAVisionLayer` wraps a `SamVisionLayer`: Space adapter (serial, after attention), MLP adapter (parallel,
+  scaled) and, for volumes, the SD-Trans depth branch with its Depth adapter.
+- `MedSADecoderLayer` wraps a `SamTwoWayAttentionBlock`: HyP-Adpt (prompt-conditioned, after the token
+  self-attention), an adapter parallel to the MLP, and one after the image-to-token cross-attention.
+
+Every adapter is a bottleneck `up(act(down(x)))`. Its two projections live in separate `nn.ModuleDict`s keyed by
+adapter name, each value a leaf `nn.Linear`, so that saved keys never contain the adapter name (peft strips it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .config import MedSAConfig
+
+# The bottlenecks of each wrapper; their projections are the ModuleDicts `medsa_{name}_down` / `medsa_{name}_up`.
+VISION_ADAPTERS = ("space", "mlp", "depth")
+DECODER_ADAPTERS = ("hyper", "mlp", "cross")
+
+
+def _projection_dicts(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"medsa_{name}_{side}" for name in names for side in ("down", "up"))
+
+
+class MedSALayer(BaseTunerLayer):
+    """State and adapter bookkeeping shared by both wrappers (a peft tuner layer)."""
+
+    adapter_names_in_layer: tuple[str, ...] = ()
+    # Non-tensor, per-adapter settings (activation, scale, ...): deleted with the adapter, never saved.
+    other_param_names = ("medsa_settings",)
+
+    def _init_medsa_state(self, base_layer: nn.Module) -> None:
+        self.base_layer = base_layer
+        for name in self.adapter_names_in_layer:
+            setattr(self, f"medsa_{name}_down", nn.ModuleDict())
+            setattr(self, f"medsa_{name}_up", nn.ModuleDict())
+        self.medsa_settings: dict[str, MedSAConfig] = {}
+        self._disable_adapters = False
+        self.merged_adapters = []
+
+    def _add_bottleneck(self, name: str, adapter_name: str, width: int, config: MedSAConfig) -> None:
+        """Add one bottleneck adapter `width -> round(ratio * width) -> width` for `adapter_name`."""
+        hidden = max(1, round(config.adapter_ratio * width))
+        down, up = nn.Linear(width, hidden), nn.Linear(hidden, width)
+        if config.init_weights == "identity":
+            nn.init.zeros_(up.weight)
+            nn.init.zeros_(up.bias)
+        getattr(self, f"medsa_{name}_down")[adapter_name] = down
+        getattr(self, f"medsa_{name}_up")[adapter_name] = up
+
+    def _has(self, name: str, adapter_name: str) -> bool:
+        return adapter_name in getattr(self, f"medsa_{name}_down")
+
+    def _bottleneck(self, name: str, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
+        """`up(act(down(x)))`, computed in the adapter's dtype and returned in the input's dtype."""
+        down = getattr(self, f"medsa_{name}_down")[adapter_name]
+        up = getattr(self, f"medsa_{name}_up")[adapter_name]
+        act = _ACTIVATIONS[self.medsa_settings[adapter_name].activation]
+        return up(act(down(x.to(down.weight.dtype)))).to(x.dtype)
+
+    def _active(self, name: str) -> list[str]:
+        """The active adapters that have the bottleneck `name` in this layer."""
+        return [a for a in self.active_adapters if self._has(name, a)]
+
+    def _sum_of(self, name: str, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """Sum over the active adapters of bottleneck `name` applied to `x` (None when none is active)."""
+        outputs = [self._bottleneck(name, a, x) for a in self._active(name)]
+        return sum(outputs[1:], outputs[0]) if outputs else None
+
+    def _uses_adapters(self) -> bool:
+        return not self.disable_adapters and any(a in self.medsa_settings for a in self.active_adapters)
+
+    def _finish_update(self, adapter_name: str, config: MedSAConfig) -> None:
+        self.medsa_settings[adapter_name] = config
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    def _get_base_layer_device_and_dtype(self, base_layer: nn.Module):
+        # A whole block has no `.weight`: take its first parameter's device and dtype.
+        parameter = next(base_layer.parameters())
+        return parameter.device, parameter.dtype
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        raise ValueError(_NOT_MERGEABLE)
+
+    def unmerge(self) -> None:
+        raise ValueError(_NOT_MERGEABLE)
+
+
+_NOT_MERGEABLE = (
+    "Med-SA adapters cannot be merged into SAM's weights: they are non-linear (bottleneck with an activation, "
+    "depth attention, prompt-generated weights). Keep the PeftModel for inference, or call `unload()` to get the "
+    "original SamModel back."
+)
+_ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
+
+
+class SliceContext:
+    """How many slices (D) each volume of the current batch has; shared by a model's vision wrappers.
+
+    `MedSAModel` sets it while a 5-D input runs; each vision wrapper reads it when it is *called* and passes it as
+    an argument, so a gradient-checkpointing replay in the backward pass sees the same D as the forward did.
+    """
+
+    def __init__(self) -> None:
+        self.num_slices = 1
+
+
+class MedSAVisionLayer(GradientCheckpointingLayer, MedSALayer):
+    """A SAM image-encoder block with Med-SA's Space, MLP and Depth adapters (SD-Trans).
+
+    Input `hidden_states` is `(B*D, H, W, C)`, the D slices of each volume consecutive (volume-major).
+    `num_slices` (D) is injected by `MedSAModel` for 5-D input; with D = 1 the depth branch is skipped.
+    """
+
+    adapter_names_in_layer = VISION_ADAPTERS
+    adapter_layer_names = _projection_dicts(VISION_ADAPTERS)
+
+    def __init__(
+        self, base_layer: nn.Module, adapter_name: str, config: MedSAConfig, slice_context: SliceContext
+    ) -> None:
+        super().__init__()
+        self._init_medsa_state(base_layer)
+        self.window_size = base_layer.window_size  # read by SamHQ's encoder to find global blocks
+        self.slice_context = slice_context
+        self.register_forward_pre_hook(self._pass_num_slices, with_kwargs=True)
+        self.update_layer(adapter_name, config)
+
+    def _pass_num_slices(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        kwargs.setdefault("num_slices", self.slice_context.num_slices)
+        return args, kwargs
+
+    def update_layer(self, adapter_name: str, config: MedSAConfig) -> None:
+        width = self.base_layer.layer_norm1.normalized_shape[0]
+        self._add_bottleneck("space", adapter_name, width, config)
+        self._add_bottleneck("mlp", adapter_name, width, config)
+        if config.depth_attention:
+            self._add_bottleneck("depth", adapter_name, width, config)
+        self._finish_update(adapter_name, config)
+
+    def forward(self, hidden_states: torch.Tensor, num_slices: int = 1) -> torch.Tensor:
+        if not self._uses_adapters():
+            return self.base_layer(hidden_states)
+        base = self.base_layer
+        normed = base.layer_norm1(hidden_states)  # shared by the spatial and the depth branch
+        depth_adapters = self._active("depth") if num_slices > 1 else []
+        if depth_adapters:
+            attention, depth = self._spatial_and_depth_attention(normed, num_slices)
+        else:
+            attention, depth = self._spatial_attention(normed), None
+
+        space = self._sum_of("space", attention)
+        if space is not None:  # serial Space adapter: a = a + Adapter(a)
+            attention = attention + space
+        hidden_states = hidden_states + attention
+        if depth is not None:
+            hidden_states = hidden_states + self._sum_of("depth", depth)
+
+        normed = base.layer_norm2(hidden_states)
+        hidden_states = hidden_states + base.mlp(normed)
+        for adapter_name in self._active("mlp"):  # parallel, scaled MLP adapter
+            scale = self.medsa_settings[adapter_name].mlp_scale
+            hidden_states = hidden_states + scale * self._bottleneck("mlp", adapter_name, normed)
+        return hidden_states
+
+    def _spatial_attention(self, normed: torch.Tensor) -> torch.Tensor:
+        """SAM's own (windowed or global) attention over the tokens of each slice: (B*D, H, W, C)."""
+        base = self.base_layer
+        if base.window_size == 0:
+            return base.attn(hidden_states=normed)[0]
+        height, width = normed.shape[1:3]
+        windows, padded = base.window_partition(normed, base.window_size)
+        windows = base.attn(hidden_states=windows)[0]
+        return base.window_unpartition(windows, base.window_size, padded, (height, width))
+
+    def _spatial_and_depth_attention(
+        self, normed: torch.Tensor, num_slices: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both branches from one `qkv` projection: the spatial attention of SAM and the depth attention of SD-Trans.
+
+        The depth branch sees the whole, un-windowed slice, so it always mixes the *same* token position across
+        the D slices of one volume, in windowed blocks too; volumes never mix.
+        """
+        base = self.base_layer
+        height, width = normed.shape[1:3]
+        if base.window_size > 0:
+            windows, padded = base.window_partition(normed, base.window_size)  # (B*D*nW, ws, ws, C)
+            qkv = base.attn.qkv(windows)  # (B*D*nW, ws, ws, 3C): padding tokens get the bias, as in SAM
+            spatial = self._attend_within_windows(qkv)
+            spatial = base.window_unpartition(spatial, base.window_size, padded, (height, width))
+            qkv = base.window_unpartition(qkv, base.window_size, padded, (height, width))  # (B*D, H, W, 3C)
+        else:
+            qkv = base.attn.qkv(normed)
+            spatial = self._attend_within_windows(qkv)
+        return spatial, self.depth_attention(qkv, num_slices)
+
+    def _attend_within_windows(self, qkv: torch.Tensor) -> torch.Tensor:
+        """SAM's multi-head attention with decomposed relative positions, from a precomputed qkv (b, h, w, 3C)."""
+        attn = self.base_layer.attn
+        batch, height, width, _ = qkv.shape
+        heads = attn.num_attention_heads
+        # (b, h, w, 3C) -> 3 x (b*heads, h*w, head_dim)
+        query, key, value = qkv.reshape(batch, height * width, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = None
+        if attn.use_rel_pos:
+            flat_query = query.reshape(batch * heads, height * width, -1)
+            bias = attn.get_decomposed_rel_pos(flat_query, attn.rel_pos_h, attn.rel_pos_w, (height, width), (height, width))
+            bias = bias.reshape(batch, heads, height * width, height * width).to(query.dtype)
+        dropout = attn.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
+        out = out.transpose(1, 2).reshape(batch, height, width, -1)  # (b, h, w, C)
+        return attn.proj(out)
+
+    def depth_attention(self, qkv: torch.Tensor, num_slices: int) -> torch.Tensor:
+        """SD-Trans: attention over the D slices at each token position, with the block's frozen projections.
+
+        `qkv` is `(B*D, H, W, 3C)`; returns `(B*D, H, W, C)`. No relative position is used along depth.
+        """
+        attn = self.base_layer.attn
+        batch_slices, height, width, three_c = qkv.shape
+        if batch_slices % num_slices:
+            raise ValueError(f"{batch_slices} slices do not split into volumes of {num_slices} slices.")
+        volumes, heads, tokens = batch_slices // num_slices, attn.num_attention_heads, height * width
+        # (B*D, H, W, 3C) -> (B, D, N, 3, heads, hd) -> 3 x (B, N, heads, D, hd)
+        qkv = qkv.reshape(volumes, num_slices, tokens, 3, heads, three_c // (3 * heads))
+        query, key, value = qkv.permute(3, 0, 2, 4, 1, 5).unbind(0)
+        dropout = attn.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout)  # (B, N, heads, D, hd)
+        out = attn.proj(out.permute(0, 3, 1, 2, 4).reshape(volumes, num_slices, tokens, -1))  # (B, D, N, C)
+        return out.reshape(batch_slices, height, width, -1)
+
+
+class MedSADecoderLayer(nn.Module, MedSALayer):
+    """A SAM mask-decoder two-way block with HyP-Adpt, an MLP adapter and a post-cross-attention adapter.
+
+    The queries are `cat(iou_token, mask_tokens, [hq_token], sparse_prompt_tokens)`: the prompt tokens are the
+    last ones of `query_point_embedding`, which is why HyP-Adpt needs no hook to see the prompt.
+    """
+
+    adapter_names_in_layer = DECODER_ADAPTERS
+    adapter_layer_names = _projection_dicts(DECODER_ADAPTERS) + (
+        "medsa_hyper_norm",
+        "medsa_hypernet_in",
+        "medsa_hypernet_out",
+    )
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: MedSAConfig, num_output_tokens: int) -> None:
+        super().__init__()
+        self._init_medsa_state(base_layer)
+        self.medsa_hyper_norm = nn.ModuleDict()
+        self.medsa_hypernet_in = nn.ModuleDict()
+        self.medsa_hypernet_out = nn.ModuleDict()
+        self.num_output_tokens = num_output_tokens
+        self.update_layer(adapter_name, config)
+
+    def update_layer(self, adapter_name: str, config: MedSAConfig) -> None:
+        width = self.base_layer.layer_norm1.normalized_shape[0]
+        self._add_bottleneck("mlp", adapter_name, width, config)
+        self._add_bottleneck("cross", adapter_name, width, config)
+        if config.hyper_prompt:
+            self._add_bottleneck("hyper", adapter_name, width, config)
+            rank = self.medsa_hyper_down[adapter_name].out_features
+            # The hypernetwork: pooled prompt embedding (width) -> rank -> an (rank x rank) weight per sample.
+            self.medsa_hypernet_in[adapter_name] = nn.Linear(width, rank)
+            self.medsa_hypernet_out[adapter_name] = nn.Linear(rank, rank * rank)
+            self.medsa_hyper_norm[adapter_name] = nn.LayerNorm(rank)
+        self._finish_update(adapter_name, config)
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_point_embedding: torch.Tensor,
+        key_point_embedding: torch.Tensor,
+        attention_similarity: Optional[torch.Tensor] = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        base = self.base_layer
+        if not self._uses_adapters():
+            return base(queries, keys, query_point_embedding, key_point_embedding, attention_similarity, **kwargs)
+
+        # Token self-attention, then HyP-Adpt. queries: (B, P, T, C); keys: (B*P, 1, HW, C).
+        if base.skip_first_layer_pe:
+            queries = base.self_attn(query=queries, key=queries, value=queries)[0]
+        else:
+            query = queries + query_point_embedding
+            queries = queries + base.self_attn(query=query, key=query, value=queries)[0]
+        prompt_tokens = query_point_embedding[:, :, self.num_output_tokens :, :]  # (B, P, Np, C)
+        for adapter_name in self._active("hyper"):
+            queries = queries + self.hyper_prompt_adapter(adapter_name, queries, prompt_tokens)
+        queries = base.layer_norm1(queries)
+
+        # Tokens attend to the image.
+        query, key = queries + query_point_embedding, keys + key_point_embedding
+        queries = queries + base.cross_attn_token_to_image(
+            query=query, key=key, value=keys, attention_similarity=attention_similarity
+        )[0]
+        queries = base.layer_norm2(queries)
+
+        # MLP with its parallel, scaled adapter.
+        mlp = base.mlp(queries)
+        for adapter_name in self._active("mlp"):
+            mlp = mlp + self.medsa_settings[adapter_name].mlp_scale * self._bottleneck("mlp", adapter_name, queries)
+        queries = base.layer_norm3(queries + mlp)
+
+        # The image attends to the tokens; the adapter sits on the residual, before the norm.
+        query, key = queries + query_point_embedding, keys + key_point_embedding
+        attn_out = base.cross_attn_image_to_token(query=key, key=query, value=queries)[0]
+        keys = keys + attn_out
+        cross = self._sum_of("cross", keys)
+        if cross is not None:
+            keys = keys + cross
+        keys = base.layer_norm4(keys)
+        return queries, keys, attn_out
+
+    def prompt_weights(self, adapter_name: str, prompt_tokens: torch.Tensor) -> torch.Tensor:
+        """HyP-Adpt's hypernetwork: the (r x r) weight of each sample, from its mean prompt token.
+
+        prompt_tokens: (B, P, Np, C) -> weights (B, P, r, r). Without prompt tokens the mean is zero.
+        """
+        hypernet_in = self.medsa_hypernet_in[adapter_name]
+        hypernet_out = self.medsa_hypernet_out[adapter_name]
+        if prompt_tokens.shape[2] == 0:
+            pooled = prompt_tokens.new_zeros(*prompt_tokens.shape[:2], prompt_tokens.shape[-1])
+        else:
+            pooled = prompt_tokens.mean(dim=2)
+        act = _ACTIVATIONS[self.medsa_settings[adapter_name].activation]
+        rank = hypernet_in.out_features
+        weights = hypernet_out(act(hypernet_in(pooled.to(hypernet_in.weight.dtype))))
+        return weights.reshape(*pooled.shape[:2], rank, rank)
+
+    def hyper_prompt_adapter(self, adapter_name: str, x: torch.Tensor, prompt_tokens: torch.Tensor) -> torch.Tensor:
+        """HyP-Adpt: `up(act(Norm(down(x) @ w(prompt))))`, w generated per sample. x: (B, P, T, C)."""
+        down = self.medsa_hyper_down[adapter_name]
+        up = self.medsa_hyper_up[adapter_name]
+        act = _ACTIVATIONS[self.medsa_settings[adapter_name].activation]
+        weights = self.prompt_weights(adapter_name, prompt_tokens)  # (B, P, r, r)
+        reduced = down(x.to(down.weight.dtype)) @ weights  # (B, P, T, r)
+        return up(act(self.medsa_hyper_norm[adapter_name](reduced))).to(x.dtype)

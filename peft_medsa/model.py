@@ -1,0 +1,211 @@
+"""`MedSAModel`, the peft tuner: which SAM blocks Med-SA wraps, and how a 5-D volume enters and leaves SamModel.
+
+A volume batch `pixel_values` of shape (B, C, D, H, W) runs as B*D slices, volume-major (all D slices of volume 0,
+then volume 1, ...). Prompts and outputs are per slice: `input_points` (B*D, P, N, 2), `pred_masks`
+(B*D, P, M, h, w). Hooks on the SamModel and on its vision encoder flatten the volume and tell the encoder's
+wrappers D (see `SliceContext`), so `model(...)` and `model.get_image_embeddings(...)` both accept volumes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
+from torch import nn
+
+from .adapter_files import check_adapter_shapes
+from .config import MedSAConfig
+from .layer import _NOT_MERGEABLE, MedSADecoderLayer, MedSALayer, MedSAVisionLayer, SliceContext
+
+# Prompt inputs of SamModel.forward and the rank each must have; their first dimension is the image batch.
+PROMPT_RANKS = {"input_points": 4, "input_labels": 3, "input_boxes": 3, "input_masks": 4}
+
+
+class MedSAModel(BaseTuner):
+    """Adds Med-SA adapters to a `SamModel` or `SamHQModel` (use through `peft.get_peft_model`).
+
+    Example:
+        ```py
+        >>> import peft_medsa
+        >>> from peft import get_peft_model
+        >>> from transformers import SamModel
+        >>> model = get_peft_model(SamModel.from_pretrained("facebook/sam-vit-base"), peft_medsa.MedSAConfig())
+        >>> model.print_trainable_parameters()
+        ```
+    """
+
+    prefix: str = "medsa_"
+    tuner_layer_cls = MedSALayer
+    target_module_mapping: dict[str, list[str]] = {}
+
+    def __init__(self, model: nn.Module, config: Any, adapter_name: str, **kwargs: Any) -> None:
+        self.slice_context = SliceContext()
+        super().__init__(model, config, adapter_name, **kwargs)
+        self._volume_hooks = [
+            self.model.register_forward_pre_hook(self._flatten_volume_and_check_prompts, with_kwargs=True),
+            self.model.register_forward_hook(self._reset_num_slices, always_call=True),
+            self.model.vision_encoder.register_forward_pre_hook(self._flatten_volume, with_kwargs=True),
+            self.model.vision_encoder.register_forward_hook(self._reset_num_slices, always_call=True),
+        ]
+
+    # Injection -------------------------------------------------------------------------------------------------
+
+    def _pre_injection_hook(self, model: nn.Module, config: MedSAConfig, adapter_name: str) -> None:
+        """Refuse anything that is not a SAM-shaped model, and block indices it does not have."""
+        encoder_layers = getattr(getattr(model, "vision_encoder", None), "layers", None)
+        decoder = getattr(model, "mask_decoder", None)
+        if encoder_layers is None or decoder is None or not hasattr(decoder, "transformer"):
+            raise TypeError(
+                f"Med-SA adapts Segment Anything models (transformers' SamModel or SamHQModel); got "
+                f"{type(model).__name__}, which has no `vision_encoder.layers` and `mask_decoder.transformer`. "
+                "Load the model with `SamModel.from_pretrained(...)`."
+            )
+        missing = sorted(set(config.layers_to_transform or []) - set(range(len(encoder_layers))))
+        if missing:
+            raise ValueError(
+                f"layers_to_transform={config.layers_to_transform} names blocks {missing}, but this image encoder "
+                f"has {len(encoder_layers)} blocks (0..{len(encoder_layers) - 1})."
+            )
+
+    @staticmethod
+    def _check_target_module_exists(config: MedSAConfig, key: str) -> bool:
+        if not check_target_module_exists(config, key):
+            return False
+        if config.layers_to_transform is not None and "vision_encoder." in key:
+            return int(key.rsplit(".", 1)[1]) in config.layers_to_transform
+        return True
+
+    def _create_and_replace(
+        self,
+        peft_config: MedSAConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(target, MedSALayer):
+            target.update_layer(adapter_name, peft_config)
+            return
+        if "vision_encoder." in current_key:
+            new_module = MedSAVisionLayer(target, adapter_name, peft_config, self.slice_context)
+        else:
+            new_module = MedSADecoderLayer(target, adapter_name, peft_config, _num_output_tokens(self.model))
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        # peft's default copies `child.weight`; a whole transformer block has none. Adapters are already on the
+        # base block's device (see `MedSALayer._finish_update`).
+        setattr(parent, child_name, new_module)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: MedSAConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        state_dict = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        check_adapter_shapes(model, state_dict)
+        return state_dict
+
+    # Merging and unloading -------------------------------------------------------------------------------------
+
+    def _check_merge_allowed(self) -> None:
+        raise ValueError(_NOT_MERGEABLE)
+
+    def _unload_and_optionally_merge(self, merge: bool = True, **kwargs: Any) -> nn.Module:
+        if merge:
+            self._check_merge_allowed()
+        for hook in self._volume_hooks:
+            hook.remove()
+        return super()._unload_and_optionally_merge(merge=False, **kwargs)
+
+    # Volumes (SD-Trans) and input checks -----------------------------------------------------------------------
+
+    def _flatten_volume(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """(B, C, D, H, W) -> (B*D, C, H, W), volume-major; records D for the encoder blocks."""
+        args, kwargs, pixel_values = _pop_pixel_values(args, kwargs)
+        if pixel_values is not None and pixel_values.ndim == 5:
+            batch, channels, depth, height, width = pixel_values.shape
+            pixel_values = pixel_values.transpose(1, 2).reshape(batch * depth, channels, height, width)
+            self.slice_context.num_slices = depth
+        kwargs["pixel_values"] = pixel_values
+        return args, kwargs
+
+    def _flatten_volume_and_check_prompts(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """SamModel's entry: accept 4-D images or 5-D volumes, and check every prompt against the slice batch."""
+        _, _, pixel_values = _pop_pixel_values(args, dict(kwargs))
+        image_embeddings = kwargs.get("image_embeddings")
+        if pixel_values is not None:
+            _check_pixel_values(pixel_values, self.model.config.vision_config)
+            args, kwargs = self._flatten_volume(module, args, kwargs)
+            batch, what = kwargs["pixel_values"].shape[0], _describe_batch(pixel_values)
+        elif image_embeddings is not None:
+            batch, what = image_embeddings.shape[0], f"image_embeddings of batch {image_embeddings.shape[0]}"
+        else:
+            return args, kwargs
+        for name, rank in PROMPT_RANKS.items():
+            prompt = kwargs.get(name)
+            if prompt is None:
+                continue
+            if prompt.ndim != rank:
+                raise ValueError(
+                    f"{name} must be a {rank}-D tensor {_PROMPT_SHAPES[name]}, got shape {tuple(prompt.shape)}."
+                )
+            if prompt.shape[0] != batch:
+                raise ValueError(
+                    f"{name} has batch {prompt.shape[0]}, but {what} needs {batch}: one prompt set per "
+                    "image (for volumes: per slice, volume-major: all slices of volume 0 first)."
+                )
+        return args, kwargs
+
+    def _reset_num_slices(self, *args: Any) -> None:
+        self.slice_context.num_slices = 1
+
+
+_PROMPT_SHAPES = {
+    "input_points": "(batch, point_batch, points, 2) in (x, y) pixels",
+    "input_labels": "(batch, point_batch, points)",
+    "input_boxes": "(batch, boxes, 4) as (x1, y1, x2, y2)",
+    "input_masks": "(batch, 1, 4E, 4E)",
+}
+
+
+def _pop_pixel_values(args: tuple, kwargs: dict) -> tuple[tuple, dict, Optional[torch.Tensor]]:
+    """`pixel_values` may come first positionally or by keyword; return it and the call without it."""
+    if args and isinstance(args[0], torch.Tensor):
+        return args[1:], kwargs, args[0]
+    return args, kwargs, kwargs.pop("pixel_values", None)
+
+
+def _check_pixel_values(pixel_values: torch.Tensor, vision_config: Any) -> None:
+    if pixel_values.ndim not in (4, 5):
+        raise ValueError(
+            "pixel_values must be 4-D images (batch, channels, height, width) or 5-D volumes "
+            f"(batch, channels, slices, height, width); got shape {tuple(pixel_values.shape)}."
+        )
+    channels, height, width = pixel_values.shape[1], *pixel_values.shape[-2:]
+    size = vision_config.image_size
+    if channels != vision_config.num_channels or (height, width) != (size, size):
+        raise ValueError(
+            f"pixel_values of shape {tuple(pixel_values.shape)} do not fit this SAM: it takes "
+            f"{vision_config.num_channels} channels at {size}x{size} (channels on dim 1, slices on dim 2 for "
+            "volumes). Resize and pad with SamProcessor (or peft_medsa.data) first."
+        )
+
+
+def _describe_batch(pixel_values: torch.Tensor) -> str:
+    if pixel_values.ndim == 5:
+        batch, _, depth = pixel_values.shape[:3]
+        return f"a batch of {batch} volume(s) x {depth} slices"
+    return f"a batch of {pixel_values.shape[0]} image(s)"
+
+
+def _num_output_tokens(model: nn.Module) -> int:
+    """How many output tokens (IoU, masks, SamHQ's HQ token) precede the prompt tokens in the decoder's queries."""
+    decoder = model.mask_decoder
+    tokens = decoder.iou_token.num_embeddings + decoder.mask_tokens.num_embeddings
+    hq_token = getattr(decoder, "hq_token", None)
+    return tokens + (hq_token.num_embeddings if hq_token is not None else 0)
