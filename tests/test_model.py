@@ -164,14 +164,25 @@ def test_merge_and_unload_is_refused(sam_model):
         adapted(sam_model).merge_and_unload()
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(sam_model):
+def test_gradient_checkpointing_gives_the_same_gradients(sam_model, monkeypatch):
+    """The backward replay of each encoder block runs the depth branch again, with the same number of slices."""
     volumes, prompts = torch.randn(1, 3, 2, 64, 64), point_prompts(2)
+    depth_calls = []
+    depth_attention = MedSAVisionLayer.depth_attention
+
+    def counted(self, qkv, num_slices):
+        depth_calls.append(num_slices)
+        return depth_attention(self, qkv, num_slices)
+
+    monkeypatch.setattr(MedSAVisionLayer, "depth_attention", counted)
 
     def adapter_gradients(checkpointing):
         model = adapted(sam_model, seed=4, depth_attention=True).train()
         if checkpointing:
-            model.base_model.model.gradient_checkpointing_enable()
+            model.gradient_checkpointing_enable()
+        depth_calls.clear()
         model(pixel_values=volumes, **prompts).pred_masks.square().mean().backward()
+        assert depth_calls == [2] * (4 if checkpointing else 2)  # 2 blocks, replayed once each when checkpointing
         return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
     plain, checkpointed = adapter_gradients(False), adapter_gradients(True)
