@@ -1,0 +1,119 @@
+"""Preprocessing consistent with SAM: intensity policy per modality, then the transformers Sam processor.
+
+Raw intensities (CT in HU, MR, 16-bit or RGB) become the 8-bit RGB image SAM was trained on; the Sam image
+processor (`SamImageProcessorPil`, Pillow only) then resizes the longest side to the model's image size, pads,
+normalises with ImageNet statistics and resizes label maps (nearest) to the mask decoder's resolution 4E,
+E = image_size // patch_size. The same label map is also resized to the unpadded input frame, where prompts
+are sampled, so clicks and boxes are in the frame of `pixel_values`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from transformers import SamImageProcessorPil
+from transformers.image_utils import PILImageResampling, SizeDict
+
+from .registry import IntensityPolicy
+
+
+def to_uint8(array: np.ndarray, policy: IntensityPolicy, reference: np.ndarray | None = None) -> np.ndarray:
+    """Maps raw intensities to uint8 following `policy`; statistics come from `reference` (e.g. the whole
+    volume, so that all its slices share one mapping) or from `array` itself."""
+    if policy.kind == "rgb" and array.dtype == np.uint8:
+        return array
+    reference = array if reference is None else reference
+    if policy.kind == "window":
+        low, high = policy.level - policy.width / 2, policy.level + policy.width / 2
+    elif policy.kind == "percentile":
+        foreground = reference[reference > reference.min()]
+        low, high = np.percentile(foreground if foreground.size else reference, policy.percentiles)
+    else:  # minmax, or rgb with a non-8-bit input
+        low, high = float(reference.min()), float(reference.max())
+    scale = 255.0 / max(float(high - low), 1e-6)
+    return np.clip((array.astype(np.float32) - low) * scale, 0, 255).round().astype(np.uint8)
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, 1|3) uint8 -> (H, W, 3)."""
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3):
+        raise ValueError(f"Expected a grayscale or RGB image, got shape {image.shape}.")
+    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
+
+
+def decode_mask(
+    mask: np.ndarray,
+    labels: Mapping[int, str],
+    encoding: str = "index",
+    threshold: float = 127,
+    volume: bool = False,
+    where: str = "",
+) -> np.ndarray:
+    """A stored mask -> a label map of class ids (uint8, same spatial shape), checked against the label map.
+
+    `index`: values are class ids (0 = background) and must all be in `labels`. `binary`: `mask > threshold`
+    is class 1 (for masks stored as 0/255, possibly with compression noise); 2-D RGB masks are averaged first.
+    `volume` says a 3-D mask is (D, H, W) rather than (H, W, channels).
+    """
+    if mask.ndim == 3 and not volume:
+        if encoding != "binary":
+            raise ValueError(
+                f"{where}mask has {mask.shape[2]} channels; an `index` mask must be single-channel "
+                "(set `mask_encoding: binary` for black/white RGB masks)."
+            )
+        mask = mask.mean(axis=2)
+    if encoding == "binary":
+        return (mask > threshold).astype(np.uint8)
+    values = np.unique(mask)
+    unknown = sorted(set(values.tolist()) - set(labels) - {0})
+    if unknown:
+        raise ValueError(
+            f"{where}mask holds value(s) {unknown[:10]} that are not in the task's label map {dict(labels)}; "
+            "add them to `labels`, or use `mask_encoding: binary` for 0/255 masks."
+        )
+    return mask.astype(np.uint8)
+
+
+@dataclass
+class ProcessedImages:
+    """The processor's output for n images: `pixel_values` (n, 3, S, S) float32; `labels` (n, Hm, Wm) uint8
+    class ids at the mask-decoder resolution; `targets` n label maps (h, w) in the unpadded input frame."""
+
+    pixel_values: np.ndarray
+    labels: np.ndarray
+    targets: list[np.ndarray]
+    original_size: tuple[int, int]
+    reshaped_size: tuple[int, int]
+
+
+class SamPreprocessor:
+    """Runs the transformers Sam image processor at a given model image size and mask-decoder resolution."""
+
+    def __init__(self, image_size: int = 1024, mask_size: int | None = None):
+        self.image_size = image_size
+        self.mask_size = image_size // 4 if mask_size is None else mask_size
+        self.image_processor = SamImageProcessorPil(
+            size={"longest_edge": image_size},
+            pad_size={"height": image_size, "width": image_size},
+            mask_size={"longest_edge": self.mask_size},
+            mask_pad_size={"height": self.mask_size, "width": self.mask_size},
+        )
+
+    def __call__(self, images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray]) -> ProcessedImages:
+        """`images` (H, W, 3) uint8 and `label_maps` (H, W) uint8, all of one size (slices of one volume)."""
+        encoding = self.image_processor(images=list(images), segmentation_maps=list(label_maps), return_tensors="np")
+        targets = [
+            self.image_processor.resize(m[None], SizeDict(longest_edge=self.image_size), PILImageResampling.NEAREST)[0]
+            for m in label_maps
+        ]  # each (h, w): the same nearest resize the processor applies, without padding
+        return ProcessedImages(
+            pixel_values=encoding["pixel_values"],
+            labels=encoding["labels"].astype(np.uint8),
+            targets=targets,
+            original_size=tuple(int(v) for v in encoding["original_sizes"][0]),
+            reshaped_size=tuple(int(v) for v in encoding["reshaped_input_sizes"][0]),
+        )

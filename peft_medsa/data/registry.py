@@ -1,0 +1,200 @@
+"""The task registry: every medical task is a `TaskSpec` (data, not code), shipped as YAML in `tasks/`.
+
+A task says where its files are (a Hub dataset or a local folder), how they are laid out (parquet image+mask
+pairs or volume files listed by an index), which columns hold what, the label map, and the intensity policy
+of its modality. Users add tasks from a YAML/JSON file or a dict with `register_task`, without touching the
+package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+FORMATS = ("parquet", "volumes", "images")
+INTENSITY_KINDS = ("rgb", "window", "percentile", "minmax")
+MASK_ENCODINGS = ("index", "binary")
+
+
+@dataclass(frozen=True)
+class IntensityPolicy:
+    """How raw intensities become the 8-bit RGB image SAM was trained on.
+
+    - `rgb`: 8-bit images pass unchanged (grayscale is repeated to 3 channels); other dtypes are min-max scaled.
+    - `window`: CT windowing in HU, clip to `[level - width/2, level + width/2]`.
+    - `percentile`: MR-style, clip to the `percentiles` of the voxels above the image minimum (background
+      excluded), computed per volume (3-D) or per image (2-D).
+    - `minmax`: scale the full range.
+    """
+
+    kind: Literal["rgb", "window", "percentile", "minmax"] = "rgb"
+    level: float | None = None
+    width: float | None = None
+    percentiles: tuple[float, float] = (0.5, 99.5)
+
+    def __post_init__(self):
+        if self.kind not in INTENSITY_KINDS:
+            raise ValueError(f"Unknown intensity kind {self.kind!r}; choose one of {INTENSITY_KINDS}.")
+        if self.kind == "window" and (self.level is None or not self.width or self.width <= 0):
+            raise ValueError("A `window` intensity policy needs `level` and a positive `width` (in HU).")
+        low, high = self.percentiles
+        if not 0 <= low < high <= 100:
+            raise ValueError(f"`percentiles` must satisfy 0 <= low < high <= 100, got {self.percentiles}.")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One segmentation task, as data.
+
+    Source: `repo_id` (a Hub dataset, with optional `config` and `revision`) or `path` (a local folder in the
+    same layout; `demo://NAME` names the offline demo cache). `splits` maps this package's split names to the
+    source's. Layouts (`format`):
+
+    - `parquet`: image+mask pairs in parquet shards (`data/{split}-*.parquet`), streamed by `datasets`.
+    - `volumes`: 3-D files (NIfTI, NRRD, DICOM) listed per split by `index` (a JSON-lines file, one
+      `{case_id, image, label}` row per case; paths relative to the root) or, without an index, matched by
+      `image_glob`/`label_glob` (case id = file name without extension and `strip_suffixes`) and split by a
+      stable hash of the case id with `split_fractions`.
+    - `images`: a local folder of 2-D image/mask files (`image_glob`/`label_glob`, same pairing and split rule).
+
+    `labels` maps mask values to class names (0 is background and implicit). `mask_encoding: binary` turns
+    masks stored as 0/255 (possibly lossy, e.g. JPEG) into class 1 with `mask > mask_threshold`.
+    `target_spacing` (dz, dy, dx in mm; `null` keeps an axis) resamples volumes before slicing.
+    `verified` says whether the column names and layout were checked against the real source.
+    """
+
+    name: str
+    format: Literal["parquet", "volumes", "images"]
+    labels: Mapping[int, str]
+    repo_id: str | None = None
+    config: str | None = None
+    revision: str | None = None
+    path: str | None = None
+    splits: Mapping[str, str] = field(default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"})
+    image_column: str = "image"
+    mask_column: str = "mask"
+    case_id_column: str | None = None
+    slice_column: str | None = None
+    index: str | None = None
+    image_glob: str | None = None
+    label_glob: str | None = None
+    strip_suffixes: tuple[str, ...] = ()
+    split_fractions: Mapping[str, float] = field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1})
+    modality: str = "unknown"
+    intensity: IntensityPolicy = IntensityPolicy()
+    mask_encoding: Literal["index", "binary"] = "index"
+    mask_threshold: float = 127
+    target_spacing: tuple[float | None, float | None, float | None] | None = None
+    verified: bool = False
+    description: str = ""
+    license: str = "unknown"
+    homepage: str | None = None
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise ValueError(f"Task {self.name!r}: unknown format {self.format!r}; choose one of {FORMATS}.")
+        if (self.repo_id is None) == (self.path is None):
+            raise ValueError(f"Task {self.name!r}: give exactly one source, `repo_id` (Hub) or `path` (local).")
+        if not self.labels:
+            raise ValueError(f"Task {self.name!r}: `labels` (class id -> name) must not be empty.")
+        bad = [k for k in self.labels if not 0 < int(k) < 256]
+        if bad:
+            raise ValueError(f"Task {self.name!r}: class ids must be in 1..255 (0 is background), got {bad}.")
+        if self.mask_encoding not in MASK_ENCODINGS:
+            raise ValueError(f"Task {self.name!r}: unknown mask_encoding {self.mask_encoding!r}; use {MASK_ENCODINGS}.")
+        if self.mask_encoding == "binary" and set(self.labels) != {1}:
+            raise ValueError(f"Task {self.name!r}: a binary mask encoding needs exactly one class with id 1.")
+        if self.format != "parquet" and not (self.index or (self.image_glob and self.label_glob)):
+            raise ValueError(f"Task {self.name!r}: a {self.format} task needs an `index` or both `image_glob` and `label_glob`.")
+        if self.format == "images" and self.repo_id is not None:
+            raise ValueError(f"Task {self.name!r}: the `images` format reads local folders only; use `path`.")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TaskSpec":
+        """Builds a spec from plain data (a parsed YAML/JSON file), rejecting unknown keys by name."""
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown task field(s) {unknown} in task {data.get('name')!r}; known fields: {sorted(known)}.")
+        missing = [key for key in ("name", "format", "labels") if key not in data]
+        if missing:
+            raise ValueError(f"Task {data.get('name')!r} is missing required field(s) {missing}.")
+        data["labels"] = {int(k): str(v) for k, v in data["labels"].items()}
+        if isinstance(data.get("intensity"), Mapping):
+            intensity = dict(data["intensity"])
+            if "percentiles" in intensity:
+                intensity["percentiles"] = tuple(intensity["percentiles"])
+            data["intensity"] = IntensityPolicy(**intensity)
+        for key in ("strip_suffixes", "target_spacing"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TaskSpec":
+        """Reads a spec from a `.yaml`/`.yml`/`.json` file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No task file at {path}.")
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        if not isinstance(data, Mapping):
+            raise ValueError(f"Task file {path} must hold a mapping of task fields, got {type(data).__name__}.")
+        return cls.from_dict(data)
+
+    def source_name(self) -> str:
+        """A human-readable source for messages: the Hub repo id or the local path."""
+        return self.repo_id if self.repo_id is not None else str(self.path)
+
+
+_REGISTRY: dict[str, TaskSpec] = {}
+
+
+def _load_builtin_tasks() -> None:
+    if _REGISTRY:
+        return
+    for entry in sorted(resources.files(__package__).joinpath("tasks").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            spec = TaskSpec.from_dict(yaml.safe_load(entry.read_text()))
+            _REGISTRY[spec.name] = spec
+
+
+def register_task(task: TaskSpec | Mapping[str, Any] | str | Path, overwrite: bool = False) -> TaskSpec:
+    """Adds a task from a `TaskSpec`, a dict or a YAML/JSON file; returns the registered spec."""
+    _load_builtin_tasks()
+    if isinstance(task, TaskSpec):
+        spec = task
+    elif isinstance(task, Mapping):
+        spec = TaskSpec.from_dict(task)
+    else:
+        spec = TaskSpec.from_file(task)
+    if spec.name in _REGISTRY and not overwrite and _REGISTRY[spec.name] != spec:
+        raise ValueError(f"A task named {spec.name!r} is already registered; pass overwrite=True to replace it.")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_task(name: str) -> TaskSpec:
+    """Returns the registered task `name`, or raises with the list of known tasks."""
+    _load_builtin_tasks()
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"Unknown task {name!r}. Registered tasks: {sorted(_REGISTRY)}. Register your own with "
+            "`register_task(dict_or_yaml_path)` or pass a YAML/JSON task file or a local folder to `load_task`."
+        )
+    return _REGISTRY[name]
+
+
+def list_tasks() -> list[str]:
+    """Names of all registered tasks."""
+    _load_builtin_tasks()
+    return sorted(_REGISTRY)

@@ -1,0 +1,151 @@
+"""`load_task` on local folders in the Hub's layouts: same tensors as the Sam processor, and clear errors."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from datasets import Dataset, Features, Image, Value
+from PIL import Image as PILImage
+from transformers import SamImageProcessorPil, SamProcessor
+
+from peft_medsa.data import load_task
+
+
+IMAGE_SIZE, PATCH = 64, 8  # mask decoder resolution 4 * 64 // 8 = 32
+
+
+def write_hub_parquet(root, images, masks, split="train"):
+    """A local folder in the Hub's parquet layout: data/{split}-00000-of-00001.parquet."""
+    features = Features(image=Image(), mask=Image(), id=Value("string"))
+    table = {
+        "image": [PILImage.fromarray(i) for i in images],
+        "mask": [PILImage.fromarray(m) for m in masks],
+        "id": [f"case{i}" for i in range(len(images))],
+    }
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    Dataset.from_dict(table, features=features).to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+
+
+def spec(root, **overrides):
+    return {"name": "local", "format": "parquet", "path": str(root), "labels": {1: "a", 2: "b", 3: "c"},
+            "case_id_column": "id", "splits": {"train": "train"}, **overrides}  # fmt: skip
+
+
+def sam_processor():
+    return SamProcessor(
+        image_processor=SamImageProcessorPil(
+            size={"longest_edge": IMAGE_SIZE},
+            pad_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+            mask_size={"longest_edge": 32},
+            mask_pad_size={"height": 32, "width": 32},
+        )
+    )
+
+
+@pytest.fixture
+def two_class_image():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (40, 70, 3), dtype=np.uint8)
+    mask = np.zeros((40, 70), np.uint8)
+    mask[5:20, 10:30] = 1
+    mask[25:38, 40:66] = 2
+    return image, mask
+
+
+def test_local_parquet_streams_the_sam_processor_tensors(tmp_path, two_class_image):
+    image, mask = two_class_image
+    write_hub_parquet(tmp_path, [image], [mask])
+    examples = list(load_task(spec(tmp_path), streaming=True, image_size=IMAGE_SIZE, patch_size=PATCH, prompt="box"))
+    reference = sam_processor()(images=image, segmentation_maps=mask, input_boxes=[[[10, 5, 29, 19]]], return_tensors="pt")
+
+    assert [int(e["class_id"]) for e in examples] == [1, 2]  # class 3 is absent: no target for it
+    first = examples[0]
+    assert torch.equal(first["pixel_values"], reference["pixel_values"][0])
+    assert first["pixel_values"].shape == (3, IMAGE_SIZE, IMAGE_SIZE)
+    for example in examples:
+        assert torch.equal(example["labels"][0], (reference["labels"][0] == example["class_id"]).long())
+        assert example["labels"].shape == (1, 32, 32)
+    assert first["original_size"].tolist() == [40, 70]
+    assert first["reshaped_input_size"].tolist() == reference["reshaped_input_sizes"][0].tolist()
+    assert first["case_id"] == "case0"
+    # Our tight box is taken in the processed frame; the processor rescales the original one: within a pixel.
+    torch.testing.assert_close(first["input_boxes"], reference["input_boxes"][0].float(), atol=1.0, rtol=0)
+
+
+def test_folder_with_a_task_file_and_relative_path(tmp_path, two_class_image):
+    image, mask = two_class_image
+    write_hub_parquet(tmp_path, [image, image[::-1]], [mask, mask[::-1]])
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump({**spec("."), "name": "folder-task"}))
+    examples = list(load_task(tmp_path, image_size=IMAGE_SIZE, patch_size=PATCH))
+    assert [(e["case_id"], int(e["class_id"])) for e in examples] == [("case0", 1), ("case0", 2), ("case1", 1), ("case1", 2)]
+
+
+def test_folder_of_image_and_mask_files(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for k in range(3):
+        image = np.full((30, 50), 1000 * (k + 1), np.uint16)  # 16-bit grayscale
+        mask = np.zeros((30, 50), np.uint8)
+        mask[5 + k : 20, 10:40] = 255
+        PILImage.fromarray(image).save(tmp_path / "images" / f"p{k}.png")
+        PILImage.fromarray(mask).save(tmp_path / "masks" / f"p{k}_mask.png")
+    task = {"name": "files", "format": "images", "path": str(tmp_path), "labels": {1: "lesion"},
+            "image_glob": "images/*.png", "label_glob": "masks/*.png", "strip_suffixes": ["_mask"],
+            "mask_encoding": "binary", "intensity": {"kind": "minmax"}, "split_fractions": {"train": 1.0},
+            "splits": {"train": "train"}}  # fmt: skip
+    examples = list(load_task(task, image_size=IMAGE_SIZE, patch_size=PATCH))
+    assert sorted(e["case_id"] for e in examples) == ["p0", "p1", "p2"]
+    assert all(e["labels"].sum() > 0 and e["pixel_values"].shape == (3, 64, 64) for e in examples)
+
+
+def test_missing_column_names_the_column_and_the_real_ones(tmp_path, two_class_image):
+    write_hub_parquet(tmp_path, *map(lambda a: [a], two_class_image))
+    with pytest.raises(ValueError, match=r"column\(s\) \['label'\] not found.*\['image', 'mask', 'id'\]"):
+        load_task(spec(tmp_path, mask_column="label"))
+
+
+def test_label_value_absent_from_the_label_map(tmp_path, two_class_image):
+    image, mask = two_class_image
+    mask = mask.copy()
+    mask[0, 0] = 7
+    write_hub_parquet(tmp_path, [image], [mask])
+    with pytest.raises(ValueError, match=r"case 'case0': mask holds value\(s\) \[7\] that are not in the task's label map"):
+        next(iter(load_task(spec(tmp_path), image_size=IMAGE_SIZE, patch_size=PATCH)))
+
+
+def test_image_and_mask_size_mismatch(tmp_path, two_class_image):
+    image, mask = two_class_image
+    write_hub_parquet(tmp_path, [image], [mask[:, :60]])
+    with pytest.raises(ValueError, match=r"image size \(40, 70\) and mask size \(40, 60\) differ"):
+        next(iter(load_task(spec(tmp_path), image_size=IMAGE_SIZE, patch_size=PATCH)))
+
+
+def test_unknown_task_split_and_folder_errors(tmp_path):
+    with pytest.raises(ValueError, match="Unknown task 'no-such-task'"):
+        load_task("no-such-task")
+    with pytest.raises(ValueError, match="has no split 'test'"):
+        load_task(spec(tmp_path), split="test")
+    with pytest.raises(FileNotFoundError, match="folder without a task file"):
+        load_task(tmp_path)
+
+
+def test_offline_hub_tasks_name_the_dataset_and_the_local_route():
+    script = (
+        "from peft_medsa.data import load_task\n"
+        "for task in ('busi', 'btcv', 'msd-spleen'):\n"
+        "    try:\n"
+        "        load_task(task)\n"
+        "    except ConnectionError as error:\n"
+        "        print(error)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("Task ")]
+    assert len(lines) == 3, result.stdout + result.stderr
+    for line, task, repo in zip(lines, ("busi", "btcv", "msd-spleen"), ("MedOtter/BUSI", "Angelou0516/btcv", "YongchengYAO/MSD-Lite")):
+        assert f"Hub dataset '{repo}'" in line and "HF_HUB_OFFLINE=1" in line
+        assert f"load_task('{task}', data_dir=DIR)" in line and f"hf download {repo} --repo-type dataset" in line

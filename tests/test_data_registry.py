@@ -1,0 +1,74 @@
+"""The task registry: shipped entries, user tasks from dicts and files, and clear errors."""
+
+import json
+
+import pytest
+import yaml
+
+from peft_medsa.data import IntensityPolicy, TaskSpec, get_task, list_tasks, register_task
+
+
+HUB_TASKS = {
+    "breast-ultrasound": "nielsr/breast-cancer",
+    "busi": "MedOtter/BUSI",
+    "kvasir-seg": "kowndinya23/Kvasir-SEG",
+    "isic2016": "MedOtter/ISIC2016",
+    "btcv": "Angelou0516/btcv",
+    "msd-spleen": "YongchengYAO/MSD-Lite",
+    "acdc": "YongchengYAO/ACDC",
+}
+
+
+def minimal(**overrides):
+    return {"name": "user-task", "format": "parquet", "path": "/data/x", "labels": {1: "tumour"}, **overrides}
+
+
+def test_shipped_hub_tasks_point_at_their_repos_and_are_marked_unverified():
+    for name, repo in HUB_TASKS.items():
+        spec = get_task(name)
+        assert spec.repo_id == repo
+        assert spec.verified is False  # no Hub access where these were written
+    assert get_task("btcv").labels[6] == "liver" and len(get_task("btcv").labels) == 13
+    assert get_task("btcv").intensity == IntensityPolicy("window", level=40, width=400)
+    assert get_task("acdc").intensity.kind == "percentile"
+    assert {"demo-2d", "demo-3d"} <= set(list_tasks())
+
+
+def test_register_from_dict_yaml_and_json(tmp_path):
+    spec = register_task(minimal(intensity={"kind": "percentile", "percentiles": [1, 99]}))
+    assert spec.intensity.percentiles == (1, 99) and get_task("user-task") is spec
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(minimal(name="from-yaml", labels={"1": "a", "2": "b"})))
+    assert register_task(path).labels == {1: "a", 2: "b"}
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(minimal(name="from-json")))
+    assert get_task(register_task(path).name).path == "/data/x"
+
+
+def test_registering_a_different_task_under_a_taken_name_needs_overwrite():
+    register_task(minimal(name="taken"))
+    with pytest.raises(ValueError, match="already registered"):
+        register_task(minimal(name="taken", labels={1: "other"}))
+    assert register_task(minimal(name="taken", labels={1: "other"}), overwrite=True).labels == {1: "other"}
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"colour": "red"}, r"Unknown task field\(s\) \['colour'\]"),
+        ({"format": "zarr"}, "unknown format 'zarr'"),
+        ({"repo_id": "a/b"}, "exactly one source"),
+        ({"labels": {0: "background"}}, "class ids must be in 1..255"),
+        ({"mask_encoding": "binary", "labels": {1: "a", 2: "b"}}, "exactly one class with id 1"),
+        ({"format": "volumes"}, "needs an `index` or both"),
+        ({"intensity": {"kind": "window", "level": 40}}, "needs `level` and a positive `width`"),
+    ],
+)
+def test_bad_specs_are_rejected_with_the_reason(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TaskSpec.from_dict(minimal(**overrides))
+
+
+def test_unknown_task_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"Unknown task 'nope'.*'btcv'"):
+        get_task("nope")
