@@ -15,6 +15,7 @@ from .metrics import (
     segmentation_metrics,
     select_masks,
 )
+from .trainer import MedSATrainer
 
 # The local `evaluate` module: `evaluate.load(METRIC_MODULE_PATH)` works offline.
 METRIC_MODULE_PATH = str(Path(__file__).parent / "medsa_metric")
@@ -22,6 +23,7 @@ METRIC_MODULE_PATH = str(Path(__file__).parent / "medsa_metric")
 __all__ = [
     "METRIC_MODULE_PATH",
     "MedSALoss",
+    "MedSATrainer",
     "MetricAggregator",
     "binarize",
     "dice_score",

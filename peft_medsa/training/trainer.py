@@ -1,0 +1,40 @@
+"""`MedSATrainer`: the Hugging Face Trainer for a (Med-SA adapted) SamModel, whose loss comes from its masks."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from transformers import Trainer
+
+from .losses import MedSALoss
+
+
+class MedSATrainer(Trainer):
+    """A `Trainer` whose loss is Med-SA's Dice + BCE (+ IoU head) on SAM's masks.
+
+    SamModel.forward takes no `labels`: they are popped from the batch before the call. The Trainer must keep
+    them (`label_names=["labels"]`, `remove_unused_columns=False`); both are set here when left at their
+    defaults, so that evaluation hands `labels` to `compute_metrics`.
+    """
+
+    def __init__(self, *args: Any, loss_fn: Optional[MedSALoss] = None, multimask_output: bool = True, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if self.args.label_names is None:  # the Trainer would guess `input_labels`, a prompt input
+            self.args.label_names = self.label_names = ["labels"]
+        self.args.remove_unused_columns = False
+        self.loss_fn = loss_fn or MedSALoss()
+        self.multimask_output = multimask_output
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: Optional[torch.Tensor] = None,
+    ):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs, multimask_output=self.multimask_output)
+        loss = self.loss_fn(outputs.pred_masks, labels, outputs.iou_scores)
+        return (loss, outputs) if return_outputs else loss
