@@ -2,8 +2,9 @@
 
 2-D examples are stacked: `pixel_values` (B, 3, S, S), `input_points` (B, P, N, 2), `input_labels` (B, P, N)
 or `input_boxes` (B, P, 4), `labels` (B, P, Hm, Wm). 3-D examples follow the core model's contract:
-`pixel_values` are stacked to (B, 3, D, S, S) and the per-slice prompts and labels are concatenated along
-dim 0 to (B*D, P, ...), volume-major (the D slices of volume 0, then those of volume 1, ...).
+`pixel_values` are stacked to (B, 3, D, S, S) and the per-slice prompts are concatenated along dim 0 to
+(B*D, P, ...), volume-major (the D slices of volume 0, then those of volume 1, ...). 3-D `labels` keep their
+volume axis, (B, D, P, Hm, Wm), so that metrics can score each volume in 3-D; the loss flattens them.
 
 Metadata (`case_id`, `slice_index`, `class_id`, `original_size`, `reshaped_input_size`, `spacing`) never
 reaches the model: the collator drops every key outside `MODEL_KEYS`, so it works with the Trainer's
@@ -53,7 +54,7 @@ class SamDataCollator:
                 raise ValueError(f"`{key}` shapes differ across the batch: {[tuple(t.shape) for t in tensors]}.")
             # default_collate stacks into shared memory inside DataLoader workers (no extra copy to send it).
             batch[key] = default_collate(tensors)  # (B, ...)
-            if volumetric and key != "pixel_values":
+            if volumetric and key not in ("pixel_values", "labels"):
                 batch[key] = batch[key].flatten(0, 1)  # (B, D, P, ...) -> (B*D, P, ...), volume-major
         if self.return_metadata:
             extra = [k for k in features[0] if k not in MODEL_KEYS]

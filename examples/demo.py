@@ -1,0 +1,140 @@
+"""The offline demo: train a Med-SA adapter on real medical images that Python packages ship, and report it.
+
+    python examples/demo.py [--model PATH_OR_HUB_ID] [--output runs/demo] [--max_steps 300] [--overwrite]
+
+It evaluates the base model (zero-shot), the box itself used as the mask (no model at all), then trains a `paper`
+adapter with the Trainer and evaluates it on the same seeded prompts; it writes the adapter with its model card,
+metrics.json, learning_curve.png and overlay PNGs to --output. Offline the base is a small random SAM (no
+checkpoint can be downloaded here); online, pass --model facebook/sam-vit-base (use a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from small_sam import small_sam  # noqa: E402
+from transformers import SamModel  # noqa: E402
+
+from peft_medsa.data import SamDataCollator, resolve_task  # noqa: E402
+from peft_medsa.training import select_masks  # noqa: E402
+from peft_medsa.training.arguments import MedSAArguments, MedSATrainingArguments, ModelArguments, TaskArguments  # noqa: E402
+from peft_medsa.training.run import box_baseline, evaluation_set, make_trainer, train  # noqa: E402
+
+TASK, PROMPT = "demo-2d", "box"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="SAM checkpoint (default: a small random SAM written to OUTPUT/base)")
+    parser.add_argument("--output", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--max_steps", type=int, default=300)
+    parser.add_argument("--overwrite", action="store_true", help="replace a previous demo in --output")
+    args = parser.parse_args()
+    if args.output.exists() and any(args.output.iterdir()) and not args.overwrite:
+        parser.error(f"{args.output} is not empty; pass --overwrite to replace it, or another --output.")
+    started = time.time()
+    torch.manual_seed(0)
+    model_path = args.model or str(args.output / "base")
+    if args.model is None:
+        small_sam().save_pretrained(model_path)
+
+    spec = resolve_task(TASK)
+    task_args = TaskArguments(task=TASK, train_prompt=PROMPT, eval_prompt=PROMPT)
+    training_args = MedSATrainingArguments(
+        output_dir=str(args.output / "adapter"), max_steps=args.max_steps,
+        per_device_train_batch_size=4, per_device_eval_batch_size=8, learning_rate=3e-3, warmup_steps=20,
+        eval_strategy="steps", eval_steps=max(args.max_steps // 6, 1), save_strategy="steps",
+        save_steps=max(args.max_steps // 6, 1), save_total_limit=2, load_best_model_at_end=True, logging_steps=10,
+        report_to=[], use_cpu=not torch.cuda.is_available(), seed=0, disable_tqdm=True,
+    )
+
+    base = SamModel.from_pretrained(model_path)
+    eval_set = evaluation_set(task_args, base.config, task_args.eval_split, task_args.eval_prompt)
+    before = make_trainer(base, training_args, eval_set, spec.labels).evaluate()
+    box = box_baseline(eval_set, spec.labels, base.config.vision_config.image_size)
+    after = train(ModelArguments(model_path), task_args, MedSAArguments(preset="paper"), training_args)
+
+    report = {
+        "task": TASK, "prompt": PROMPT, "base_model": model_path, "eval_examples": len(eval_set),
+        "zero_shot": _quality(before), "box_baseline": box, "medsa_paper": _quality(after),
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    (args.output / "metrics.json").write_text(json.dumps(report, indent=2))
+    plot_learning_curve(args.output / "adapter" / "trainer_state.json", args.output / "learning_curve.png")
+    write_overlays(args.output / "adapter", model_path, eval_set, args.output / "overlays")
+    print(json.dumps({k: report[k] for k in ("zero_shot", "box_baseline", "medsa_paper", "wall_time_s")}, indent=2))
+
+
+def _quality(metrics: dict[str, float]) -> dict[str, float]:
+    return {k.removeprefix("eval_"): v for k, v in metrics.items() if k.removeprefix("eval_") in ("dice", "iou", "hd95", "nsd")}
+
+
+def plot_learning_curve(state_file: Path, output: Path) -> None:
+    """Training loss and validation Dice against steps, from the Trainer's log history."""
+    history = json.loads(state_file.read_text())["log_history"]
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    dice = [(h["step"], h["eval_dice"]) for h in history if "eval_dice" in h]
+    figure, loss_axis = plt.subplots(figsize=(6, 3.5))
+    loss_axis.plot(*zip(*train), color="tab:blue", label="training loss")
+    loss_axis.set_xlabel("step")
+    loss_axis.set_ylabel("loss (Dice + BCE)", color="tab:blue")
+    dice_axis = loss_axis.twinx()
+    dice_axis.plot(*zip(*dice), "o-", color="tab:red", label="validation Dice")
+    dice_axis.set_ylabel("validation Dice", color="tab:red")
+    figure.tight_layout()
+    figure.savefig(output, dpi=100)
+    plt.close(figure)
+
+
+def write_overlays(adapter: Path, model_path: str, examples: list[dict], folder: Path, count: int = 4) -> None:
+    """Image, target outline (green), box prompt (yellow) and predicted mask (red) for a few validation examples."""
+    from peft import PeftModel
+
+    import peft_medsa  # noqa: F401  (registers Med-SA with peft)
+
+    model = PeftModel.from_pretrained(SamModel.from_pretrained(model_path), adapter).eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    picks = examples[:: max(len(examples) // count, 1)][:count]
+    batch = SamDataCollator()(picks)
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        outputs = model(**batch)
+    masks = select_masks((outputs.iou_scores, outputs.pred_masks))[:, 0] > 0  # (B, h, w)
+    for i, example in enumerate(picks):
+        image = example["pixel_values"].numpy().transpose(1, 2, 0)
+        image = ((image - image.min()) / (np.ptp(image) + 1e-6) * 255).astype(np.uint8)
+        size = image.shape[0]
+        predicted = _resize(masks[i].numpy(), size)
+        target = _resize(labels[i, 0].numpy() > 0, size)
+        overlay = image.copy()
+        overlay[predicted] = (0.5 * overlay[predicted] + [127, 0, 0]).astype(np.uint8)
+        overlay[_outline(target)] = [0, 255, 0]
+        x1, y1, x2, y2 = (int(round(v)) for v in example["input_boxes"][0].tolist())
+        overlay[[y1, min(y2, size - 1)], x1 : x2 + 1] = [255, 255, 0]
+        overlay[y1 : y2 + 1, [x1, min(x2, size - 1)]] = [255, 255, 0]
+        name = f"{example['case_id']}_slice{int(example['slice_index'])}_class{int(example['class_id'])}.png"
+        Image.fromarray(overlay).resize((2 * size, 2 * size), Image.NEAREST).save(folder / name)
+
+
+def _resize(mask: np.ndarray, size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 0
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    inner = mask.copy()
+    inner[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    return mask & ~inner
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The training job: a SAM checkpoint + a medical task -> a trained Med-SA adapter, its metrics and its model card.
+
+`examples/train_medsa.py` and `medsa train` parse the argument groups of `arguments.py` and call `train`.
+Distribution (DDP, FSDP, several nodes) comes from `accelerate launch`; nothing here depends on it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from peft import PeftModel, get_peft_model
+from transformers import EvalPrediction, SamModel, TrainingArguments, set_seed
+
+from ..config import MedSAConfig
+from ..data import SamDataCollator, load_task, resolve_task
+from ..hub import build_model_card, save_adapter_with_card
+from .arguments import MedSAArguments, ModelArguments, TaskArguments
+from .losses import MedSALoss
+from .metrics import MetricAggregator, make_compute_metrics
+from .trainer import MedSATrainer
+
+METADATA_KEYS = ("case_id", "slice_index", "class_id", "spacing")
+
+
+def build_model(model_args: ModelArguments, medsa_args: MedSAArguments, volumes: bool) -> PeftModel:
+    """The SAM checkpoint with a fresh Med-SA adapter."""
+    config = MedSAConfig.from_preset(medsa_args.preset, **medsa_args.config_overrides(volumes))
+    return get_peft_model(SamModel.from_pretrained(model_args.model_name_or_path), config)
+
+
+def evaluation_set(task_args: TaskArguments, sam_config: Any, split: str, prompt: str) -> list[dict[str, Any]]:
+    """The evaluation examples, in a fixed order (metrics match them to their metadata by position)."""
+    examples = load_task(
+        task_args.task, split=split, prompt=prompt, seed=task_args.prompt_seed, sam_config=sam_config,
+        depth=task_args.depth, data_dir=task_args.data_dir,
+    )
+    if task_args.max_eval_samples is not None:
+        examples = examples.take(task_args.max_eval_samples)
+    return list(examples)
+
+
+def metrics_for(examples: list[dict[str, Any]], class_names: dict[int, str]):
+    """A Trainer `compute_metrics` that scores `examples` per class and per case (volumes in 3-D)."""
+    metadata = [{key: example[key] for key in METADATA_KEYS if key in example} for example in examples]
+    return make_compute_metrics(MetricAggregator(class_names), metadata=metadata)
+
+
+def box_baseline(examples: list[dict[str, Any]], class_names: dict[int, str], image_size: int) -> dict[str, float]:
+    """The metrics of the prompt box itself used as the mask: what a box gives with no model at all."""
+    batch = SamDataCollator()(examples)
+    if "input_boxes" not in batch:
+        raise ValueError("The box baseline needs box prompts (e.g. prompt='box' or 'bbox-0.75').")
+    labels = batch["labels"]  # (B, P, H, W), or (B, D, P, H, W) for volumes
+    height, width = labels.shape[-2:]
+    boxes = batch["input_boxes"] * torch.tensor([width, height, width, height]) / image_size  # label frame
+    rows, columns = torch.arange(height)[:, None] + 0.5, torch.arange(width)[None, :] + 0.5
+    x1, y1, x2, y2 = (boxes[..., i, None, None] for i in range(4))  # each (B*D, P, 1, 1)
+    inside = (columns >= x1) & (columns <= x2) & (rows >= y1) & (rows <= y2)  # (B*D, P, H, W)
+    logits = inside.float() * 40 - 20  # a hard mask, as logits
+    metrics = metrics_for(examples, class_names)(EvalPrediction(predictions=logits, label_ids=labels))
+    return {key: value for key, value in metrics.items() if _is_quality(key)}
+
+
+def make_trainer(
+    model: Any,
+    training_args: TrainingArguments,
+    eval_set: list[dict[str, Any]],
+    class_names: dict[int, str],
+    medsa_args: Optional[MedSAArguments] = None,
+    train_set: Any = None,
+) -> MedSATrainer:
+    """A MedSATrainer that scores `eval_set` per class and per case (volumes in 3-D)."""
+    medsa_args = medsa_args or MedSAArguments()
+    return MedSATrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=SamDataCollator(),
+        compute_metrics=metrics_for(eval_set, class_names),
+        loss_fn=MedSALoss(medsa_args.dice_weight, medsa_args.bce_weight, medsa_args.iou_weight),
+        multimask_output=medsa_args.multimask_output,
+    )
+
+
+def train(
+    model_args: ModelArguments,
+    task_args: TaskArguments,
+    medsa_args: MedSAArguments,
+    training_args: TrainingArguments,
+) -> dict[str, float]:
+    """Train an adapter, keep the best checkpoint by Dice, evaluate it, and write adapter + card + metrics."""
+    set_seed(training_args.seed)
+    spec = resolve_task(task_args.task)
+    model = build_model(model_args, medsa_args, volumes=task_args.depth is not None)
+    train_set = load_task(
+        spec, split="train", prompt=task_args.train_prompt, seed=task_args.prompt_seed, sam_config=model.config,
+        depth=task_args.depth, data_dir=task_args.data_dir,
+    ).shuffle(seed=training_args.seed, buffer_size=task_args.shuffle_buffer)
+    eval_set = evaluation_set(task_args, model.config, task_args.eval_split, task_args.eval_prompt)
+    trainer = make_trainer(model, training_args, eval_set, spec.labels, medsa_args, train_set)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = trainer.evaluate(metric_key_prefix="eval")
+    if trainer.is_world_process_zero():
+        trainer.save_metrics("eval", metrics)
+        trainer.save_state()  # trainer_state.json: the log history (learning curve)
+        results = {key.removeprefix("eval_"): value for key, value in metrics.items() if _is_quality(key)}
+        card = build_model_card(
+            model,
+            task_name=spec.name,
+            dataset_id=spec.repo_id,
+            metrics=results,
+            eval_split=task_args.eval_split,
+            eval_prompt=f"prompt `{task_args.eval_prompt}`, seed {task_args.prompt_seed}",
+            limits=evaluation_limits(spec, eval_set, task_args),
+            training_config={**vars(task_args), **vars(medsa_args), **_training_summary(training_args)},
+        )
+        save_adapter_with_card(model, Path(training_args.output_dir), card)
+    return metrics
+
+
+def evaluation_limits(spec: Any, eval_set: list[dict[str, Any]], task_args: TaskArguments) -> str:
+    """What the card's numbers can and cannot say."""
+    cases = sorted({str(example["case_id"]) for example in eval_set})
+    verified = "" if spec.verified else " The task's column layout was not verified against the Hub dataset."
+    return (
+        f"{len(eval_set)} evaluation examples from {len(cases)} case(s) of the `{task_args.eval_split}` split "
+        f"({', '.join(cases[:8])}{', ...' if len(cases) > 8 else ''}). Prompts are simulated from the ground truth "
+        f"(`{task_args.eval_prompt}`), so scores are upper bounds of what a clinician's prompts would give; "
+        "HD95 is undefined (skipped, counted in `hd95_undefined`) where a prediction or target is empty."
+        + verified
+    )
+
+
+def _is_quality(key: str) -> bool:
+    return key.removeprefix("eval_").split("/")[0] in ("dice", "iou", "hd95", "nsd", "hd95_undefined")
+
+
+def _training_summary(args: TrainingArguments) -> dict[str, Any]:
+    keys = ("learning_rate", "max_steps", "num_train_epochs", "per_device_train_batch_size",
+            "gradient_accumulation_steps", "weight_decay", "lr_scheduler_type", "warmup_steps", "seed", "bf16")
+    return json.loads(json.dumps({key: getattr(args, key) for key in keys}, default=str))
