@@ -97,7 +97,7 @@ def plot_learning_curve(state_file: Path, output: Path) -> None:
 
 
 def write_overlays(adapter: Path, model_path: str, examples: list[dict], folder: Path, count: int = 4) -> None:
-    """Image, target outline (green), box prompt (yellow) and predicted mask (red) for a few validation examples."""
+    """Image, target outline (green), box prompt (yellow) and predicted mask (red, tinted) for validation examples."""
     from peft import PeftModel
 
     import peft_medsa  # noqa: F401  (registers Med-SA with peft)
@@ -117,7 +117,8 @@ def write_overlays(adapter: Path, model_path: str, examples: list[dict], folder:
         predicted = _resize(masks[i].numpy(), size)
         target = _resize(labels[i, 0].numpy() > 0, size)
         overlay = image.copy()
-        overlay[predicted] = (0.5 * overlay[predicted] + [127, 0, 0]).astype(np.uint8)
+        overlay[predicted] = (0.7 * overlay[predicted] + [76, 0, 0]).astype(np.uint8)
+        overlay[_outline(predicted)] = [255, 0, 0]
         overlay[_outline(target)] = [0, 255, 0]
         x1, y1, x2, y2 = (int(round(v)) for v in example["input_boxes"][0].tolist())
         overlay[[y1, min(y2, size - 1)], x1 : x2 + 1] = [255, 255, 0]

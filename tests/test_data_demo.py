@@ -39,6 +39,9 @@ def test_demo_2d_loads_real_slices_with_all_three_classes(demo_cache, sam_config
     examples = list(load_task("demo-2d", sam_config=sam_config, prompt="3-click"))
     assert {e["case_id"] for e in examples} >= {"mni152-slab1", "dicom-overlay"}
     assert {int(e["class_id"]) for e in examples} == {1, 2, 3}  # grey matter, white matter, the DICOM lesion
+    images = {(e["case_id"], int(e["slice_index"])): e["pixel_values"] for e in examples}
+    assert all(image.std() > 0.1 for image in images.values()), "every slice shows an image, not a constant"
+    assert not torch.equal(images[("mni152-slab1", 4)], images[("mni152-slab1", 7)])
     lesion = next(e for e in examples if e["case_id"] == "dicom-overlay")
     assert lesion["original_size"].tolist() == [300, 484] and lesion["labels"].sum() > 0
     splits = {s: {e["case_id"] for e in load_task("demo-2d", split=s, sam_config=sam_config)} for s in ("validation", "test")}
@@ -56,3 +59,13 @@ def test_demo_3d_chunks_run_through_a_tiny_sam(demo_cache, sam_config, sam_model
     with torch.no_grad():
         outputs = sam_model(pixel_values=slices, input_boxes=batch["input_boxes"], multimask_output=False)
     assert outputs.pred_masks.shape[-2:] == batch["labels"].shape[-2:] == (32, 32)
+
+
+def test_a_stale_cache_is_rebuilt(tmp_path):
+    root = tmp_path / "demo"
+    root.mkdir()
+    (root / "manifest.json").write_text(json.dumps({"version": 0}))
+    (root / "stale.txt").write_text("built by an older peft-medsa")
+    prepare_demo_task(cache_dir=root, with_pyradiomics=False)
+    assert not (root / "stale.txt").exists()
+    assert json.loads((root / "manifest.json").read_text())["version"] >= 1 and (root / "demo-2d" / "data").is_dir()

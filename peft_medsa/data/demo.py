@@ -17,6 +17,7 @@ Cases, not slices, are split into train/validation/test. The cache lives in `$PE
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -38,7 +39,7 @@ from .readers import read_volume
 
 logger = logging.getLogger(__name__)
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2  # 2: float volumes (the MNI template) are rescaled to 16 bits, not truncated to 0
 MNI_SLABS = 5
 SLICE_STEP = 3  # demo-2d keeps every 3rd labelled slice of each volume
 PYRADIOMICS = "pyradiomics==3.0.1"
@@ -63,8 +64,7 @@ def prepare_demo_task(cache_dir: str | Path | None = None, with_pyradiomics: boo
     Concurrent callers are safe: the cache is built in a temporary folder and renamed into place.
     """
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "demo"
-    manifest = root / "manifest.json"
-    if manifest.is_file() and not force and json.loads(manifest.read_text()).get("version") == DEMO_VERSION:
+    if not force and _cache_version(root) == DEMO_VERSION:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = root.parent / f".{root.name}-{uuid.uuid4().hex}"
@@ -76,8 +76,11 @@ def prepare_demo_task(cache_dir: str | Path | None = None, with_pyradiomics: boo
         _write_slices(staging / "demo-2d", staging / "demo-3d", cases)
         sources = sorted({case["source"] for case in cases} | {"pydicom"})
         (staging / "manifest.json").write_text(json.dumps({"version": DEMO_VERSION, "sources": sources}, indent=1))
-        if force and root.exists():
-            shutil.rmtree(root)
+        if root.exists() and (force or _cache_version(root) != DEMO_VERSION):  # stale: move it aside, then drop it
+            old = root.parent / f".{root.name}-old-{uuid.uuid4().hex}"
+            with contextlib.suppress(OSError):
+                os.rename(root, old)
+            shutil.rmtree(old, ignore_errors=True)
         try:
             os.rename(staging, root)
         except OSError:  # another process finished first: keep its cache
@@ -86,6 +89,11 @@ def prepare_demo_task(cache_dir: str | Path | None = None, with_pyradiomics: boo
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("Demo tasks ready in %s", root)
     return root
+
+
+def _cache_version(root: Path) -> int | None:
+    manifest = root / "manifest.json"
+    return json.loads(manifest.read_text()).get("version") if manifest.is_file() else None
 
 
 def _mni152_cases(folder: Path) -> list[dict[str, str]]:
@@ -182,6 +190,15 @@ def _dicom_overlay_case() -> tuple[np.ndarray, np.ndarray]:
     return dataset.pixel_array.astype(np.uint16), mask
 
 
+def _as_uint16(image: np.ndarray) -> np.ndarray:
+    """16-bit PNG pixels: integer images (CT in HU) shifted to start at 0, float images (the MNI template holds
+    values in [0, 1]) rescaled to the full range, so that no slice collapses to a constant."""
+    shifted = image.astype(np.float64) - image.min()
+    if np.issubdtype(image.dtype, np.integer) and shifted.max() <= 65535:
+        return shifted.astype(np.uint16)
+    return np.round(shifted * (65535 / max(shifted.max(), 1e-12))).astype(np.uint16)
+
+
 def _write_slices(folder: Path, volumes: Path, cases: list[dict[str, str]]) -> None:
     """demo-2d: every `SLICE_STEP`-th labelled slice of each volume as 16-bit PNG + mask, plus the DICOM slice."""
     from datasets import Dataset, Features, Value
@@ -190,7 +207,7 @@ def _write_slices(folder: Path, volumes: Path, cases: list[dict[str, str]]) -> N
     rows = {split: [] for split in ("train", "validation", "test")}
     for case in cases:
         image, label = read_volume(volumes / case["image"]).array, read_volume(volumes / case["label"]).array
-        image = np.clip(image.astype(np.int64) - image.min(), 0, 65535).astype(np.uint16)  # e.g. HU -> >= 0
+        image = _as_uint16(image)
         labelled = np.nonzero(label.any(axis=(1, 2)))[0]
         for k in labelled[SLICE_STEP // 2 :: SLICE_STEP]:
             rows[SPLITS[case["case_id"]]].append((case["case_id"], int(k), image[k], label[k].astype(np.uint8)))

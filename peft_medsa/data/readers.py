@@ -37,7 +37,8 @@ class Volume:
     spacing: tuple[float, float, float]
 
 
-def _suffix(path: Path) -> str:
+def file_suffix(path: Path) -> str:
+    """The lower-case suffix, `.nii.gz` counted as one."""
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
@@ -113,7 +114,7 @@ def read_volume(path: str | Path) -> Volume:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No volume file or DICOM folder at {path}.")
-    suffix = _suffix(path)
+    suffix = file_suffix(path)
     if suffix in NIFTI_SUFFIXES:
         volume = _read_nifti(path)
     elif suffix in NRRD_SUFFIXES:
@@ -135,7 +136,7 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No image file at {path}.")
-    if _suffix(path) in DICOM_SUFFIXES:
+    if file_suffix(path) in DICOM_SUFFIXES:
         return read_volume(path).array[0]
     from PIL import Image
 
