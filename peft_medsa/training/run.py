@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import torch
 from peft import PeftModel, get_peft_model
-from transformers import EvalPrediction, SamModel, TrainingArguments, set_seed
+from transformers import EvalPrediction, SamModel, TrainerCallback, TrainingArguments, set_seed
 
 from ..config import MedSAConfig
 from ..data import SamDataCollator, load_task, resolve_task
@@ -71,6 +71,7 @@ def make_trainer(
     class_names: dict[int, str],
     medsa_args: Optional[MedSAArguments] = None,
     train_set: Any = None,
+    callbacks: Optional[list[TrainerCallback]] = None,
 ) -> MedSATrainer:
     """A MedSATrainer that scores `eval_set` per class and per case (volumes in 3-D)."""
     medsa_args = medsa_args or MedSAArguments()
@@ -83,6 +84,7 @@ def make_trainer(
         compute_metrics=metrics_for(eval_set, class_names),
         loss_fn=MedSALoss(medsa_args.dice_weight, medsa_args.bce_weight, medsa_args.iou_weight),
         multimask_output=medsa_args.multimask_output,
+        callbacks=callbacks,
     )
 
 
@@ -91,6 +93,7 @@ def train(
     task_args: TaskArguments,
     medsa_args: MedSAArguments,
     training_args: TrainingArguments,
+    callbacks: Optional[list[TrainerCallback]] = None,
 ) -> dict[str, float]:
     """Train an adapter, keep the best checkpoint by Dice, evaluate it, and write adapter + card + metrics."""
     set_seed(training_args.seed)
@@ -101,7 +104,7 @@ def train(
         depth=task_args.depth, data_dir=task_args.data_dir,
     ).shuffle(seed=training_args.seed, buffer_size=task_args.shuffle_buffer)
     eval_set = evaluation_set(task_args, model.config, task_args.eval_split, task_args.eval_prompt)
-    trainer = make_trainer(model, training_args, eval_set, spec.labels, medsa_args, train_set)
+    trainer = make_trainer(model, training_args, eval_set, spec.labels, medsa_args, train_set, callbacks)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate(metric_key_prefix="eval")
     if trainer.is_world_process_zero():

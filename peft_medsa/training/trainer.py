@@ -23,6 +23,9 @@ class MedSATrainer(Trainer):
         if self.args.label_names is None:  # the Trainer would guess `input_labels`, a prompt input
             self.args.label_names = self.label_names = ["labels"]
         self.args.remove_unused_columns = False
+        # The loss is a mean over the batch's prompts, not a sum over `num_items_in_batch`: let the Trainer divide
+        # it by the gradient-accumulation steps (SamModel.forward's **kwargs would make it assume otherwise).
+        self.model_accepts_loss_kwargs = False
         self.loss_fn = loss_fn or MedSALoss()
         self.multimask_output = multimask_output
 

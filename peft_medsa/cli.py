@@ -1,0 +1,197 @@
+"""The `medsa` command line: `medsa train`, `medsa eval` and `medsa predict`.
+
+Errors a user can fix (a missing file, a prompt outside the image, an adapter for another base) end with one
+line on stderr and exit status 2, never a traceback; nothing that exists is overwritten without --overwrite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+EPILOG = "Prompts are in the input's pixel frame: x = column, y = row. See `medsa COMMAND --help`."
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its files, reported as one line."""
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if argv[:1] == ["train"]:  # the Trainer's own (long) argument list: see `medsa train --help`
+        return _run(lambda: _train(argv[1:]))
+    args = parser.parse_args(argv)
+    return _run(lambda: args.handler(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medsa", description="Med-SA: adapt Segment Anything to medical images with peft.", epilog=EPILOG
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "train", help="train an adapter (Trainer arguments, or one JSON/YAML file)", add_help=False
+    )
+
+    evaluate = commands.add_parser("eval", help="score an adapter (or a bare SAM) on a task split")
+    evaluate.add_argument("--model", required=True, help="SAM checkpoint: Hub id or folder")
+    evaluate.add_argument("--adapter", help="Med-SA adapter folder or Hub id (omit: the bare SAM)")
+    evaluate.add_argument("--task", required=True, help="registered task name or task YAML/JSON file")
+    evaluate.add_argument("--data-dir", help="local copy of a Hub task")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--prompt", default="box", help="1-click, 3-click, box, bbox-0.5, bbox-0.75")
+    evaluate.add_argument("--prompt-seed", type=int, default=0)
+    evaluate.add_argument("--depth", type=int, help="volumes: SD-Trans chunks of this many slices")
+    evaluate.add_argument("--max-samples", type=int)
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--box-baseline", action="store_true", help="also score the prompt box itself as the mask")
+    evaluate.add_argument("--output", type=Path, help="write the metrics as JSON here")
+    evaluate.add_argument("--overwrite", action="store_true")
+    evaluate.set_defaults(handler=_evaluate)
+
+    predict = commands.add_parser(
+        "predict",
+        help="segment a PNG/JPEG/DICOM image or a NIfTI/NRRD volume",
+        description="Write the mask in the input's format and geometry, and an overlay PNG to look at. "
+        "For a volume, slice k is data[:, :, k] of the file's voxel array (x = axis 1, y = axis 0).",
+    )
+    predict.add_argument("input", type=Path, help="image (.png .jpg .dcm) or volume (.nii .nii.gz .nrrd)")
+    predict.add_argument("--model", required=True, help="SAM checkpoint: Hub id or folder")
+    predict.add_argument("--adapter", help="Med-SA adapter folder or Hub id (omit: the bare SAM)")
+    predict.add_argument("--point", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"), help="positive click (repeatable)")
+    predict.add_argument("--negative-point", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"), help="negative click")
+    predict.add_argument("--box", nargs=4, type=float, metavar=("X1", "Y1", "X2", "Y2"))
+    predict.add_argument("--slices", help="volumes: slice range for --point/--box, e.g. 10:20 (default: all)")
+    predict.add_argument("--boxes-file", type=Path, help='volumes: JSON {"slice": [x1, y1, x2, y2], ...}')
+    predict.add_argument("--depth", type=int, default=8, help="volumes with an SD-Trans adapter: slices per chunk")
+    predict.add_argument("--output", type=Path, required=True, help="mask file, same format as the input")
+    predict.add_argument("--overlay", type=Path, help="overlay PNG (default: OUTPUT with .overlay.png)")
+    predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    predict.set_defaults(handler=_predict)
+    return parser
+
+
+def _run(command) -> int:
+    from safetensors import SafetensorError
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # keep stderr for what went wrong; the Trainer's progress stays
+    logging.disable_progress_bar()  # per-file bars of weight loading
+    try:
+        command()
+    except (UsageError, ValueError, FileNotFoundError, OSError, SafetensorError, KeyError) as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"medsa: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
+    existing = [str(p) for p in paths if p is not None and p.exists()]
+    if existing and not overwrite:
+        raise UsageError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace, or choose another --output.")
+
+
+def _train(argv: list[str]) -> None:
+    from .training.arguments import parse_arguments
+    from .training.run import train
+
+    if argv in (["--help"], ["-h"]):
+        parse_arguments(["--help"])
+    model_args, task_args, medsa_args, training_args = parse_arguments(argv)
+    adapter = Path(training_args.output_dir) / "adapter_model.safetensors"
+    if adapter.exists() and not training_args.resume_from_checkpoint:
+        raise UsageError(f"{training_args.output_dir} already holds an adapter; choose another --output_dir, or resume with --resume_from_checkpoint.")
+    print(json.dumps(train(model_args, task_args, medsa_args, training_args), indent=2))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from .data import resolve_task
+    from .predict import load_model
+    from .training.arguments import MedSATrainingArguments, TaskArguments
+    from .training.run import box_baseline, evaluation_set, make_trainer
+
+    _refuse_overwrite([args.output], args.overwrite)
+    spec = resolve_task(args.task)
+    model = load_model(args.model, args.adapter)
+    task_args = TaskArguments(
+        task=args.task, data_dir=args.data_dir, eval_prompt=args.prompt, prompt_seed=args.prompt_seed,
+        depth=args.depth, max_eval_samples=args.max_samples,
+    )
+    examples = evaluation_set(task_args, model.config, args.split, args.prompt)
+    if not examples:
+        raise UsageError(f"Task {spec.name!r} has no examples in split {args.split!r}.")
+    with tempfile.TemporaryDirectory() as scratch:
+        training_args = MedSATrainingArguments(output_dir=scratch, per_device_eval_batch_size=args.batch_size, report_to=[], disable_tqdm=False)
+        metrics = make_trainer(model, training_args, examples, spec.labels).evaluate(metric_key_prefix=args.split)
+    report = {"task": spec.name, "split": args.split, "prompt": args.prompt, "examples": len(examples), "metrics": metrics}
+    if args.box_baseline:
+        report["box_baseline"] = box_baseline(examples, spec.labels, model.config.vision_config.image_size)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        args.output.write_text(text)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from .predict import Segmenter, load_model, predict_file, write_overlay
+
+    if not args.input.exists():
+        raise UsageError(f"No input file at {args.input}.")
+    overlay = args.overlay or args.output.with_name(args.output.name.split(".")[0] + ".overlay.png")
+    _refuse_overwrite([args.output, overlay], args.overwrite)
+    prompts = _prompts(args)
+    segmenter = Segmenter(load_model(args.model, args.adapter))
+    image, mask, index = predict_file(segmenter, args.input, args.output, prompts, depth=args.depth)
+    write_overlay(image, mask, prompts[index], overlay)
+    print(f"mask: {args.output} ({int(mask.sum())} px on slice {index}); overlay: {overlay}")
+
+
+def _prompts(args: argparse.Namespace) -> dict:
+    from .predict import Prompt, read_boxes_file
+
+    if args.boxes_file:
+        if args.point or args.negative_point or args.box:
+            raise UsageError("Give either --boxes-file or --point/--box, not both.")
+        if not args.boxes_file.exists():
+            raise UsageError(f"No boxes file at {args.boxes_file}.")
+        return read_boxes_file(args.boxes_file)
+    prompt = Prompt([tuple(p) for p in args.point], [tuple(p) for p in args.negative_point], tuple(args.box) if args.box else None)
+    if not (prompt.points or prompt.box):
+        raise UsageError("Give a prompt: --point X Y (repeatable), --box X1 Y1 X2 Y2, or --boxes-file for a volume.")
+    if args.slices is None:
+        return {0: prompt} if not _is_volume(args.input) else {k: prompt for k in range(_num_slices(args.input))}
+    start, _, stop = args.slices.partition(":")
+    try:
+        indices = range(int(start), int(stop) if stop else int(start) + 1)
+    except ValueError:
+        raise UsageError(f"--slices takes START:STOP (e.g. 10:20), got {args.slices!r}.") from None
+    return {k: prompt for k in indices}
+
+
+def _is_volume(path: Path) -> bool:
+    from .data.readers import NIFTI_SUFFIXES, NRRD_SUFFIXES, file_suffix
+
+    return file_suffix(path) in NIFTI_SUFFIXES + NRRD_SUFFIXES
+
+
+def _num_slices(path: Path) -> int:
+    from .data.readers import NIFTI_SUFFIXES, file_suffix
+
+    if file_suffix(path) in NIFTI_SUFFIXES:
+        import nibabel as nib
+
+        return nib.load(str(path)).shape[2]
+    import nrrd
+
+    return nrrd.read_header(str(path))["sizes"][2]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
