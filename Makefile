@@ -16,7 +16,7 @@ $(BIN)/activate: pyproject.toml
 install: $(BIN)/activate
 
 demo: $(BIN)/activate
-	$(BIN)/python examples/quickstart.py --overwrite
+	$(BIN)/python examples/demo.py --overwrite
 
 test: $(BIN)/activate
 	$(BIN)/python -m pytest -n 2 -q

@@ -8,7 +8,7 @@ import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
-NEEDS_HUB = re.compile(r"from_pretrained\(\"facebook/")
+NEEDS_HUB = re.compile(r"from_pretrained\(\"facebook/|push_adapter_folder\(")
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
