@@ -15,6 +15,7 @@ MEDSA_PEFT_TYPE = "MEDSA"
 
 ACTIVATIONS = ("gelu", "relu")
 INIT_WEIGHTS = ("identity", "linear-default")
+HYPER_PROMPT_MODES = ("generate", "add")
 
 # Each preset is a set of overrides of the dataclass defaults (design note, section 5).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -73,6 +74,13 @@ class MedSAConfig(PeftConfig):
             "per sample from the prompt embedding. Needs `decoder_adapters=True`."
         },
     )
+    hyper_prompt_mode: Literal["generate", "add"] = field(
+        default="generate",
+        metadata={
+            "help": "'generate': HyP-Adpt, the prompt generates the adapter's (r x r) weight. 'add': the ablation "
+            "the paper compares with, plain prompt fusion (the projected prompt is added to the reduced features)."
+        },
+    )
     init_weights: Literal["identity", "linear-default"] = field(
         default="identity",
         metadata={
@@ -101,6 +109,8 @@ class MedSAConfig(PeftConfig):
             raise ValueError(f"adapter_ratio must be in (0, 4], got {self.adapter_ratio}.")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}.")
+        if self.hyper_prompt_mode not in HYPER_PROMPT_MODES:
+            raise ValueError(f"hyper_prompt_mode must be one of {HYPER_PROMPT_MODES}, got {self.hyper_prompt_mode!r}.")
         if self.init_weights not in INIT_WEIGHTS:
             raise ValueError(f"init_weights must be one of {INIT_WEIGHTS}, got {self.init_weights!r}.")
         if self.hyper_prompt and not self.decoder_adapters:

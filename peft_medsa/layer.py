@@ -269,8 +269,10 @@ class MedSADecoderLayer(nn.Module, MedSALayer):
             self._add_bottleneck("hyper", adapter_name, width, config)
             rank = self.medsa_hyper_down[adapter_name].out_features
             # The hypernetwork: pooled prompt embedding (width) -> rank -> an (rank x rank) weight per sample.
+            # In the "add" ablation its first layer alone maps the prompt into the reduced space.
             self.medsa_hypernet_in[adapter_name] = nn.Linear(width, rank)
-            self.medsa_hypernet_out[adapter_name] = nn.Linear(rank, rank * rank)
+            if config.hyper_prompt_mode == "generate":
+                self.medsa_hypernet_out[adapter_name] = nn.Linear(rank, rank * rank)
             self.medsa_hyper_norm[adapter_name] = nn.LayerNorm(rank)
         self._finish_update(adapter_name, config)
 
@@ -321,27 +323,39 @@ class MedSADecoderLayer(nn.Module, MedSALayer):
         keys = base.layer_norm4(keys)
         return queries, keys, attn_out
 
-    def prompt_weights(self, adapter_name: str, prompt_tokens: torch.Tensor) -> torch.Tensor:
-        """HyP-Adpt's hypernetwork: the (r x r) weight of each sample, from its mean prompt token.
+    def _prompt_features(self, adapter_name: str, prompt_tokens: torch.Tensor) -> torch.Tensor:
+        """The mean prompt token through the hypernetwork's first layer: (B, P, Np, C) -> (B, P, r).
 
-        prompt_tokens: (B, P, Np, C) -> weights (B, P, r, r). Without prompt tokens the mean is zero.
+        Without prompt tokens the mean is zero.
         """
         hypernet_in = self.medsa_hypernet_in[adapter_name]
-        hypernet_out = self.medsa_hypernet_out[adapter_name]
         if prompt_tokens.shape[2] == 0:
             pooled = prompt_tokens.new_zeros(*prompt_tokens.shape[:2], prompt_tokens.shape[-1])
         else:
             pooled = prompt_tokens.mean(dim=2)
+        return hypernet_in(pooled.to(hypernet_in.weight.dtype))
+
+    def prompt_weights(self, adapter_name: str, prompt_tokens: torch.Tensor) -> torch.Tensor:
+        """HyP-Adpt's hypernetwork: the (r x r) weight of each sample, from its mean prompt token.
+
+        prompt_tokens: (B, P, Np, C) -> weights (B, P, r, r).
+        """
         act = _ACTIVATIONS[self.medsa_settings[adapter_name].activation]
-        rank = hypernet_in.out_features
-        weights = hypernet_out(act(hypernet_in(pooled.to(hypernet_in.weight.dtype))))
-        return weights.reshape(*pooled.shape[:2], rank, rank)
+        features = act(self._prompt_features(adapter_name, prompt_tokens))  # (B, P, r)
+        rank = features.shape[-1]
+        return self.medsa_hypernet_out[adapter_name](features).reshape(*features.shape[:2], rank, rank)
 
     def hyper_prompt_adapter(self, adapter_name: str, x: torch.Tensor, prompt_tokens: torch.Tensor) -> torch.Tensor:
-        """HyP-Adpt: `up(act(Norm(down(x) @ w(prompt))))`, w generated per sample. x: (B, P, T, C)."""
+        """HyP-Adpt: `up(act(Norm(down(x) @ w(prompt))))`, w generated per sample. x: (B, P, T, C).
+
+        The "add" ablation (plain prompt fusion) adds the projected prompt instead: `down(x) + W_p prompt`.
+        """
         down = self.medsa_hyper_down[adapter_name]
         up = self.medsa_hyper_up[adapter_name]
         act = _ACTIVATIONS[self.medsa_settings[adapter_name].activation]
-        weights = self.prompt_weights(adapter_name, prompt_tokens)  # (B, P, r, r)
-        reduced = down(x.to(down.weight.dtype)) @ weights  # (B, P, T, r)
+        reduced = down(x.to(down.weight.dtype))  # (B, P, T, r)
+        if self.medsa_settings[adapter_name].hyper_prompt_mode == "generate":
+            reduced = reduced @ self.prompt_weights(adapter_name, prompt_tokens)  # (B, P, r, r)
+        else:
+            reduced = reduced + self._prompt_features(adapter_name, prompt_tokens)[:, :, None, :]
         return up(act(self.medsa_hyper_norm[adapter_name](reduced))).to(x.dtype)

@@ -47,6 +47,7 @@ def test_unknown_preset():
         ({"modules_to_save": ["mask_decoder"]}, "also trained in full"),
         ({"activation": "tanh"}, r"activation must be one of \('gelu', 'relu'\), got 'tanh'"),
         ({"init_weights": "zeros"}, "init_weights must be one of"),
+        ({"hyper_prompt_mode": "concat"}, "hyper_prompt_mode must be one of"),
         ({"adapter_ratio": 0}, r"adapter_ratio must be in \(0, 4\]"),
         ({"layers_to_transform": [-1]}, "block indices >= 0"),
     ],

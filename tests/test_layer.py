@@ -109,3 +109,20 @@ def test_hyper_prompt_changes_only_the_prompted_sample():
 def test_merge_is_refused_with_a_reason():
     with pytest.raises(ValueError, match="non-linear"):
         decoder_block().merge()
+
+
+def test_plain_prompt_fusion_ablation():
+    """'add' mode: the prompt still conditions each sample, through an added projection, with no generated weight."""
+    torch.manual_seed(0)
+    layer = SamModel(tiny_sam_config()).mask_decoder.transformer.layers[1]
+    block = MedSADecoderLayer(layer, "default", MedSAConfig(hyper_prompt_mode="add"), num_output_tokens=5)
+    assert "default" not in block.medsa_hypernet_out and block.medsa_hypernet_in["default"].out_features == 8
+    randomize_adapters(block, std=0.5)
+    queries, prompts = torch.randn(2, 1, 8, 32), torch.randn(2, 1, 8, 32)
+    keys, key_pe = torch.randn(2, 1, 64, 32), torch.randn(2, 1, 64, 32)
+    out = block.hyper_prompt_adapter("default", queries, prompts[:, :, 5:])
+    changed = prompts.clone()
+    changed[0, :, 5:] += 1.0
+    new_out = block.hyper_prompt_adapter("default", queries, changed[:, :, 5:])
+    assert not torch.allclose(new_out[0], out[0]) and torch.equal(new_out[1], out[1])
+    assert block(queries, keys, prompts, key_pe)[0].shape == queries.shape
