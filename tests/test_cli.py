@@ -131,3 +131,15 @@ def test_console_script_has_no_traceback(tmp_path):
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"medsa: error: No input file at {tmp_path / 'none.nii.gz'}."
+
+
+def test_eval_scores_an_adapter_and_the_box_baseline(checkpoints, tmp_path, capsys):
+    output = tmp_path / "metrics.json"
+    args = ["eval", *model_args(checkpoints), "--task", "demo-2d", "--split", "validation", "--max-samples", "6",
+            "--box-baseline", "--output", output]
+    assert run(*args) == 0
+    report = json.loads(output.read_text())
+    assert report["examples"] == 6 and report["prompt"] == "box"
+    assert 0 <= report["metrics"]["validation_dice"] <= 1 and 0 <= report["box_baseline"]["dice"] <= 1
+    assert json.loads(capsys.readouterr().out) == report
+    assert run(*args) == 2 and "already exist" in capsys.readouterr().err
