@@ -1,8 +1,8 @@
 """`MedSAModel`, the peft tuner: which SAM blocks Med-SA wraps, and how a 5-D volume enters and leaves SamModel.
 
 A volume batch `pixel_values` of shape (B, C, D, H, W) runs as B*D slices, volume-major (all D slices of volume 0,
-then volume 1, ...). Prompts and outputs are per slice: `input_points` (B*D, P, N, 2), `pred_masks`
-(B*D, P, M, h, w). Hooks on the SamModel and on its vision encoder flatten the volume and tell the encoder's
+then volume 1, ...). Prompts and outputs are per slice: `input_points` (B*D, P, N, 2) — or (B, D, P, N, 2), which
+keeps one batch dimension for data loaders that split batches — and `pred_masks` (B*D, P, M, h, w). Hooks on the SamModel and on its vision encoder flatten the volume and tell the encoder's
 wrappers D (see `SliceContext`), so `model(...)` and `model.get_image_embeddings(...)` both accept volumes.
 """
 
@@ -146,10 +146,13 @@ class MedSAModel(BaseTuner):
             batch, what = image_embeddings.shape[0], f"image_embeddings of batch {image_embeddings.shape[0]}"
         else:
             return args, kwargs
+        volume_batch = tuple(pixel_values.shape[:3:2]) if pixel_values is not None and pixel_values.ndim == 5 else None
         for name, rank in PROMPT_RANKS.items():
             prompt = kwargs.get(name)
             if prompt is None:
                 continue
+            if volume_batch and prompt.ndim == rank + 1 and tuple(prompt.shape[:2]) == volume_batch:
+                prompt = kwargs[name] = prompt.flatten(0, 1)  # (B, D, ...) -> (B*D, ...), volume-major
             if prompt.ndim != rank:
                 raise ValueError(
                     f"{name} must be a {rank}-D tensor {_PROMPT_SHAPES[name]}, got shape {tuple(prompt.shape)}."
@@ -157,7 +160,7 @@ class MedSAModel(BaseTuner):
             if prompt.shape[0] != batch:
                 raise ValueError(
                     f"{name} has batch {prompt.shape[0]}, but {what} needs {batch}: one prompt set per "
-                    "image (for volumes: per slice, volume-major: all slices of volume 0 first)."
+                    "image (for volumes: per slice, as (B*D, ...) volume-major or as (B, D, ...))."
                 )
         return args, kwargs
 

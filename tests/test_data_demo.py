@@ -53,11 +53,11 @@ def test_demo_3d_chunks_run_through_a_tiny_sam(demo_cache, sam_config, sam_model
     assert {int(e["class_id"]) for e in examples} == {1, 2}
     assert all(e["spacing"].tolist() == [2.0, 2.0, 2.0] for e in examples)
     batch = SamDataCollator()(examples[:2])
-    assert batch["pixel_values"].shape == (2, 3, 4, 64, 64) and batch["input_boxes"].shape == (8, 1, 4)
+    assert batch["pixel_values"].shape == (2, 3, 4, 64, 64) and batch["input_boxes"].shape == (2, 4, 1, 4)
     # The plain SamModel takes the per-slice (B*D) view; the Med-SA model takes the 5-D one directly.
     slices = batch["pixel_values"].permute(0, 2, 1, 3, 4).reshape(8, 3, 64, 64)
     with torch.no_grad():
-        outputs = sam_model(pixel_values=slices, input_boxes=batch["input_boxes"], multimask_output=False)
+        outputs = sam_model(pixel_values=slices, input_boxes=batch["input_boxes"].flatten(0, 1), multimask_output=False)
     assert outputs.pred_masks.shape[-2:] == batch["labels"].shape[-2:] == (32, 32)
 
 

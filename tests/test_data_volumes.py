@@ -40,11 +40,11 @@ def test_chunks_and_collator_are_volume_major():
     assert example["input_boxes"].shape == (4, 1, 4) and example["labels"].shape == (4, 1, 16, 16)
     batch = SamDataCollator()([volumes[0][1], volumes[1][0]])  # volume 0 slices 4..7, volume 1 slices 0..3
     assert batch["pixel_values"].shape == (2, 3, 4, 32, 32)
-    assert batch["input_boxes"].shape == (8, 1, 4) and batch["labels"].shape == (2, 4, 1, 16, 16)
+    assert batch["input_boxes"].shape == (2, 4, 1, 4) and batch["labels"].shape == (2, 4, 1, 16, 16)
     expected_values = [40, 50, 60, 70, 100, 110, 120, 130]
     values = batch["pixel_values"][:, 0, :, 0, 0].reshape(-1)  # (B, D) -> B*D, volume-major
     torch.testing.assert_close(values, torch.tensor([normalised(v) for v in expected_values], dtype=torch.float32))
-    left_edges = batch["input_boxes"][:, 0, 0]  # row b*D + d holds slice d of volume b
+    left_edges = batch["input_boxes"].flatten(0, 1)[:, 0, 0]  # row b*D + d holds slice d of volume b
     assert left_edges.tolist() == [2 * k for k in (4, 5, 6, 7, 0, 1, 2, 3)]
     label_left = batch["labels"].flatten(0, 1)[:, 0, 5].float().argmax(dim=-1)  # first labelled column, B*D rows
     assert label_left.tolist() == [k for k in (4, 5, 6, 7, 0, 1, 2, 3)]

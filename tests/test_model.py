@@ -56,6 +56,14 @@ def test_volume_slices_mix_within_their_volume_only(sam_model):
     assert torch.equal(result[4:], reference[4:]), "volume 1 is bit-identical"
 
 
+def test_volume_prompts_may_keep_their_volume_axis(sam_model):
+    """(B, D, ...) prompts, as a data loader that splits batches needs them, equal (B*D, ...) volume-major ones."""
+    model = adapted(sam_model, seed=0, depth_attention=True)
+    volumes, prompts = torch.randn(2, 3, 3, 64, 64), point_prompts(6)
+    per_volume = {name: value.reshape(2, 3, *value.shape[1:]) for name, value in prompts.items()}
+    assert torch.equal(masks(model, volumes, **per_volume), masks(model, volumes, **prompts))
+
+
 def test_one_slice_volume_equals_the_image(sam_model):
     model = adapted(sam_model, seed=0, depth_attention=True)
     images, prompts = torch.randn(2, 3, 64, 64), point_prompts(2)
@@ -240,7 +248,7 @@ def test_non_sam_model_is_refused():
     [
         (torch.randn(3, 64, 64), point_prompts(1), r"pixel_values must be 4-D images .* or 5-D volumes"),
         (torch.randn(1, 3, 32, 32), point_prompts(1), r"do not fit this SAM: it takes 3 channels at 64x64"),
-        (torch.randn(2, 3, 4, 64, 64), point_prompts(2), r"input_points has batch 2, but a batch of 2 volume\(s\) x 4 slices needs 8"),
+        (torch.randn(2, 3, 4, 64, 64), point_prompts(2), r"input_points has batch 2, but a batch of 2 volume\(s\) x 4 slices needs 8.*\(B, D, \.\.\.\)"),
         (torch.randn(2, 3, 64, 64), point_prompts(3), r"input_points has batch 3, but a batch of 2 image\(s\) needs 2"),
         (torch.randn(1, 3, 64, 64), {"input_points": torch.rand(1, 2, 2)}, r"input_points must be a 4-D tensor \(batch, point_batch"),
         (torch.randn(1, 3, 64, 64), {"input_boxes": torch.rand(1, 4)}, r"input_boxes must be a 3-D tensor"),

@@ -116,3 +116,10 @@ def test_gradient_accumulation_matches_a_larger_batch(base, reference, tmp_path)
     accumulated, one = adapter(tmp_path), adapter(reference)
     for key in one:
         torch.testing.assert_close(accumulated[key], one[key], atol=1e-5, rtol=1e-4)
+
+
+def test_volumes_train_through_sd_trans(base, tmp_path):
+    """3-D chunks (5-D input) through the Trainer: accelerate's batch dispatch keeps every slice's prompt."""
+    metrics = train(*parse_arguments(arguments(base, tmp_path, "--task", "demo-3d", "--depth", "2", "--max_steps", "2", "--max_eval_samples", "2", batch=2)))
+    assert 0 <= metrics["eval_dice"] <= 1
+    assert any(".medsa_depth_" in key for key in adapter(tmp_path))

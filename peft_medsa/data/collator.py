@@ -2,9 +2,10 @@
 
 2-D examples are stacked: `pixel_values` (B, 3, S, S), `input_points` (B, P, N, 2), `input_labels` (B, P, N)
 or `input_boxes` (B, P, 4), `labels` (B, P, Hm, Wm). 3-D examples follow the core model's contract:
-`pixel_values` are stacked to (B, 3, D, S, S) and the per-slice prompts are concatenated along dim 0 to
-(B*D, P, ...), volume-major (the D slices of volume 0, then those of volume 1, ...). 3-D `labels` keep their
-volume axis, (B, D, P, Hm, Wm), so that metrics can score each volume in 3-D; the loss flattens them.
+`pixel_values` are stacked to (B, 3, D, S, S) and the per-slice prompts and labels to (B, D, P, ...): every
+tensor keeps the batch as its first dimension, which accelerate needs to split and dispatch batches. The
+Med-SA model flattens such prompts to its B*D slices, volume-major; the loss and the metrics flatten labels
+the same way (metrics score each volume in 3-D).
 
 Metadata (`case_id`, `slice_index`, `class_id`, `original_size`, `reshaped_input_size`, `spacing`) never
 reaches the model: the collator drops every key outside `MODEL_KEYS`, so it works with the Trainer's
@@ -46,16 +47,13 @@ class SamDataCollator:
         ndims = {torch.as_tensor(f["pixel_values"]).ndim for f in features}
         if len(ndims) != 1 or ndims.pop() not in (3, 4):
             raise ValueError("`pixel_values` must be (3, H, W) for every example or (3, D, H, W) for every example.")
-        volumetric = torch.as_tensor(features[0]["pixel_values"]).ndim == 4
         batch = {}
         for key in keys:
             tensors = [torch.as_tensor(f[key]) for f in features]
             if len({tuple(t.shape) for t in tensors}) != 1:
                 raise ValueError(f"`{key}` shapes differ across the batch: {[tuple(t.shape) for t in tensors]}.")
             # default_collate stacks into shared memory inside DataLoader workers (no extra copy to send it).
-            batch[key] = default_collate(tensors)  # (B, ...)
-            if volumetric and key not in ("pixel_values", "labels"):
-                batch[key] = batch[key].flatten(0, 1)  # (B, D, P, ...) -> (B*D, P, ...), volume-major
+            batch[key] = default_collate(tensors)  # (B, ...); for volumes (B, D, ...) except pixel_values
         if self.return_metadata:
             extra = [k for k in features[0] if k not in MODEL_KEYS]
             batch["metadata"] = {k: [_plain(f[k]) for f in features] for k in extra}

@@ -394,9 +394,11 @@ def make_compute_metrics(
         if state["done"]:
             aggregator.reset()
             state.update(seen=0, done=False)
-        logits = select_masks(eval_pred.predictions)  # (B or B*D, P, h, w)
+        logits = select_masks(eval_pred.predictions)  # (B, P, h, w); volumes (B*D, P, h, w) or (B, D*P, h, w)
         labels = torch.as_tensor(eval_pred.label_ids)
         volumes = labels.ndim == 5
+        if volumes and logits.shape[0] == labels.shape[0] != labels.shape[0] * labels.shape[1]:
+            logits = logits.reshape(-1, labels.shape[2], *logits.shape[-2:])  # (B, D*P, ...) -> (B*D, P, ...)
         slices = labels.flatten(0, 1) if volumes else labels  # (B*D, P, H, W), volume-major
         if slices.ndim != 4 or logits.shape[:2] != slices.shape[:2]:
             raise ValueError(

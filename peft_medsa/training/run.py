@@ -42,10 +42,13 @@ def evaluation_set(task_args: TaskArguments, sam_config: Any, split: str, prompt
     return list(examples)
 
 
-def metrics_for(examples: list[dict[str, Any]], class_names: dict[int, str]):
-    """A Trainer `compute_metrics` that scores `examples` per class and per case (volumes in 3-D)."""
+def metrics_for(
+    examples: list[dict[str, Any]], class_names: dict[int, str], aggregator: Optional[MetricAggregator] = None
+):
+    """A Trainer `compute_metrics` that scores `examples` per class and per case (volumes in 3-D); pass an
+    `aggregator` to read its per-case results after an evaluation."""
     metadata = [{key: example[key] for key in METADATA_KEYS if key in example} for example in examples]
-    return make_compute_metrics(MetricAggregator(class_names), metadata=metadata)
+    return make_compute_metrics(aggregator or MetricAggregator(class_names), metadata=metadata)
 
 
 def box_baseline(examples: list[dict[str, Any]], class_names: dict[int, str], image_size: int) -> dict[str, float]:
@@ -55,7 +58,8 @@ def box_baseline(examples: list[dict[str, Any]], class_names: dict[int, str], im
         raise ValueError("The box baseline needs box prompts (e.g. prompt='box' or 'bbox-0.75').")
     labels = batch["labels"]  # (B, P, H, W), or (B, D, P, H, W) for volumes
     height, width = labels.shape[-2:]
-    boxes = batch["input_boxes"] * torch.tensor([width, height, width, height]) / image_size  # label frame
+    boxes = batch["input_boxes"].reshape(-1, *batch["input_boxes"].shape[-2:])  # (B or B*D, P, 4)
+    boxes = boxes * torch.tensor([width, height, width, height]) / image_size  # in the label frame
     rows, columns = torch.arange(height)[:, None] + 0.5, torch.arange(width)[None, :] + 0.5
     x1, y1, x2, y2 = (boxes[..., i, None, None] for i in range(4))  # each (B*D, P, 1, 1)
     inside = (columns >= x1) & (columns <= x2) & (rows >= y1) & (rows <= y2)  # (B*D, P, H, W)
@@ -72,6 +76,7 @@ def make_trainer(
     medsa_args: Optional[MedSAArguments] = None,
     train_set: Any = None,
     callbacks: Optional[list[TrainerCallback]] = None,
+    aggregator: Optional[MetricAggregator] = None,
 ) -> MedSATrainer:
     """A MedSATrainer that scores `eval_set` per class and per case (volumes in 3-D)."""
     medsa_args = medsa_args or MedSAArguments()
@@ -81,7 +86,7 @@ def make_trainer(
         train_dataset=train_set,
         eval_dataset=eval_set,
         data_collator=SamDataCollator(),
-        compute_metrics=metrics_for(eval_set, class_names),
+        compute_metrics=metrics_for(eval_set, class_names, aggregator),
         loss_fn=MedSALoss(medsa_args.dice_weight, medsa_args.bce_weight, medsa_args.iou_weight),
         multimask_output=medsa_args.multimask_output,
         callbacks=callbacks,

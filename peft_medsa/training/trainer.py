@@ -40,4 +40,9 @@ class MedSATrainer(Trainer):
         labels = inputs.pop("labels")
         outputs = model(**inputs, multimask_output=self.multimask_output)
         loss = self.loss_fn(outputs.pred_masks, labels, outputs.iou_scores)
+        if return_outputs and labels.ndim == 5:
+            # Volumes: the model answers per slice (B*D, P, ...); evaluation gathers and truncates along the batch
+            # of volumes, so hand it (B, D*P, ...). compute_metrics splits the slices again.
+            outputs["pred_masks"] = outputs.pred_masks.reshape(labels.shape[0], -1, *outputs.pred_masks.shape[2:])
+            outputs["iou_scores"] = outputs.iou_scores.reshape(labels.shape[0], -1, outputs.iou_scores.shape[-1])
         return (loss, outputs) if return_outputs else loss
