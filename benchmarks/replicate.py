@@ -1,0 +1,161 @@
+"""A CPU-scale replication of Med-SA's comparisons on real medical images: which adaptation works, and why.
+
+    python benchmarks/replicate.py [--base models/sam-small-synthetic] [--quick] [--output runs/replication.json]
+
+At equal training budget (steps, batch, learning rate) and seeds it compares, on the offline demo task's
+test cases: the zero-shot base; decoder-only fine-tuning; LoRA r=4 on the encoder's qkv plus a trained decoder
+(the SAMed recipe); Med-SA `encoder-only`, `official-code` and `paper`; the paper's ablations: HyP-Adpt against
+plain prompt fusion (`hyper_prompt_mode="add"`), and SD-Trans against slice-wise 2-D on the volumetric task.
+Prompts: 1 click, 3 clicks, BBox 0.75 (train and test alike; test prompts have a fixed seed). It prints a JSON
+record of every run and markdown tables of Dice and HD95, mean +- std over seeds, and writes the record to
+--output. `--quick` is a smoke run (one seed, one prompt, few steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import SamModel
+
+from peft_medsa import MedSAConfig
+from peft_medsa.data import load_task, resolve_task
+from peft_medsa.training import MetricAggregator
+from peft_medsa.training.arguments import MedSATrainingArguments, TaskArguments
+from peft_medsa.training.run import evaluation_set, make_trainer
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = ("1-click", "3-click", "bbox-0.75")
+
+
+def _freeze_all_but_decoder(model: SamModel) -> SamModel:
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad = name.startswith("mask_decoder.")
+    return model
+
+
+# Each method turns a fresh copy of the base into the model to train (None: evaluated as it is).
+METHODS: dict[str, Callable[[SamModel], Any]] = {
+    "zero-shot": lambda base: None,
+    "decoder-only": _freeze_all_but_decoder,
+    "lora-r4-qkv+decoder": lambda base: get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=r".*vision_encoder\.layers\.\d+\.attn\.qkv", modules_to_save=["mask_decoder"])
+    ),
+    "medsa-encoder-only": lambda base: get_peft_model(base, MedSAConfig.from_preset("encoder-only")),
+    "medsa-official-code": lambda base: get_peft_model(base, MedSAConfig.from_preset("official-code")),
+    "medsa-paper": lambda base: get_peft_model(base, MedSAConfig.from_preset("paper")),
+    "medsa-paper, plain prompt fusion": lambda base: get_peft_model(
+        base, MedSAConfig.from_preset("paper", hyper_prompt_mode="add")
+    ),
+}
+VOLUME_METHODS = {
+    "medsa-paper + SD-Trans": lambda base: get_peft_model(base, MedSAConfig.from_preset("paper", depth_attention=True)),
+    "medsa-paper, slice-wise": lambda base: get_peft_model(base, MedSAConfig.from_preset("paper")),
+}
+
+
+def run_one(base: SamModel, build: Callable, task: str, prompt: str, seed: int, args: argparse.Namespace, depth: int | None) -> dict[str, Any]:
+    """Train one method for the budget, then score it per case on the test split."""
+    torch.manual_seed(seed)
+    started = time.time()
+    model = build(copy.deepcopy(base))
+    spec = resolve_task(task)
+    training_args = MedSATrainingArguments(
+        output_dir=str(args.scratch), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=8, learning_rate=args.learning_rate, warmup_steps=args.steps // 10,
+        save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True, seed=seed, disable_tqdm=True,
+        logging_steps=max(args.steps, 1),
+    )
+    test_set = evaluation_set(
+        TaskArguments(task=task, depth=depth, max_eval_samples=args.max_test_samples), base.config, "test", prompt
+    )
+    aggregator = MetricAggregator(spec.labels)
+    trained = model if model is not None else base
+    train_set = None
+    if model is not None:
+        train_set = load_task(task, split="train", prompt=prompt, seed=seed, sam_config=base.config, depth=depth)
+        train_set = train_set.shuffle(seed=seed, buffer_size=256)
+    trainer = make_trainer(trained, training_args, test_set, spec.labels, train_set=train_set, aggregator=aggregator)
+    if model is not None:
+        trainer.train()
+    metrics = trainer.evaluate()
+    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad) if model is not None else 0
+    return {
+        "seed": seed, "prompt": prompt, "dice": metrics["eval_dice"], "hd95": metrics["eval_hd95"],
+        "per_case": aggregator.per_case(), "trainable_parameters": trainable, "seconds": round(time.time() - started, 1),
+    }
+
+
+def summarise(records: list[dict[str, Any]], methods: list[str], prompts: list[str]) -> str:
+    """Markdown: one row per method, Dice and HD95 as mean +- std over seeds per prompt, trainable parameters."""
+    header = "| method | trainable | " + " | ".join(f"{p}: Dice | {p}: HD95" for p in prompts) + " |"
+    lines = [header, "|---|---:|" + "---:|---:|" * len(prompts)]
+    for method in methods:
+        runs = [r for r in records if r["method"] == method]
+        cells = []
+        for prompt in prompts:
+            dice = [r["dice"] for r in runs if r["prompt"] == prompt]
+            hd95 = [r["hd95"] for r in runs if r["prompt"] == prompt and r["hd95"] == r["hd95"]]
+            cells += [_mean_std(dice, 3), _mean_std(hd95, 1)]
+        lines.append(f"| {method} | {runs[0]['trainable_parameters']:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _mean_std(values: list[float], digits: int) -> str:
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default=str(REPO / "models" / "sam-small-synthetic"), help="the SAM to adapt")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, BBox 0.75, few steps")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--volume-steps", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--max-test-samples", type=int, default=None)
+    parser.add_argument("--output", type=Path, default=Path("runs/replication.json"))
+    args = parser.parse_args()
+    prompts = list(PROMPTS)
+    if args.quick:
+        args.seeds, prompts, args.steps, args.volume_steps, args.max_test_samples = [0], ["bbox-0.75"], 15, 6, 12
+    args.scratch = args.output.parent / "replication-scratch"
+    torch.set_num_threads(2)
+    base = SamModel.from_pretrained(args.base).eval()
+    started = time.time()
+    records = []
+    for method, build in METHODS.items():
+        for prompt in prompts:
+            for seed in args.seeds:
+                records.append({"task": "demo-2d", "method": method, **run_one(base, build, "demo-2d", prompt, seed, args, None)})
+                print(json.dumps({k: v for k, v in records[-1].items() if k != "per_case"}), flush=True)
+    volume_args = argparse.Namespace(**{**vars(args), "steps": args.volume_steps})
+    for method, build in VOLUME_METHODS.items():
+        for seed in args.seeds:
+            records.append({"task": "demo-3d", "method": method, **run_one(base, build, "demo-3d", "bbox-0.75", seed, volume_args, depth=4)})
+            print(json.dumps({k: v for k, v in records[-1].items() if k != "per_case"}), flush=True)
+    wall = round(time.time() - started, 1)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({"base": args.base, "arguments": {k: str(v) for k, v in vars(args).items()}, "wall_time_s": wall, "runs": records}, indent=1))
+    print(f"\n## 2-D: demo-2d test cases ({len(args.seeds)} seed(s), {args.steps} steps)\n")
+    print(summarise([r for r in records if r["task"] == "demo-2d"], list(METHODS), prompts))
+    print(f"\n## 3-D: demo-3d test volumes, chunks of 4 slices, BBox 0.75 ({args.volume_steps} steps)\n")
+    print(summarise([r for r in records if r["task"] == "demo-3d"], list(VOLUME_METHODS), ["bbox-0.75"]))
+    print(f"\nwall time: {wall} s")
+
+
+if __name__ == "__main__":
+    main()
