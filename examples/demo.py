@@ -4,8 +4,8 @@
 
 It evaluates the base model (zero-shot), the box itself used as the mask (no model at all), then trains a `paper`
 adapter with the Trainer and evaluates it on the same seeded prompts; it writes the adapter with its model card,
-metrics.json, learning_curve.png and overlay PNGs to --output. Offline the base is a small random SAM (no
-checkpoint can be downloaded here); online, pass --model facebook/sam-vit-base (use a GPU).
+metrics.json, learning_curve.png and overlay PNGs to --output. Offline the base is the small SAM pretrained here
+on synthetic shapes (models/sam-small-synthetic); online, pass --model facebook/sam-vit-base (use a GPU).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from small_sam import small_sam  # noqa: E402
 from transformers import SamModel  # noqa: E402
 
 from peft_medsa.data import SamDataCollator, resolve_task  # noqa: E402
@@ -31,28 +30,30 @@ from peft_medsa.training.arguments import MedSAArguments, MedSATrainingArguments
 from peft_medsa.training.run import box_baseline, evaluation_set, make_trainer, train  # noqa: E402
 
 TASK, PROMPT = "demo-2d", "box"
+# The small SAM pretrained here on synthetic shapes (models/sam-small-synthetic/README.md): no SAM checkpoint can
+# be downloaded offline, and adapting a random SAM says nothing.
+SMALL_BASE = Path(__file__).resolve().parents[1] / "models" / "sam-small-synthetic"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="SAM checkpoint (default: a small random SAM written to OUTPUT/base)")
+    parser.add_argument("--model", default=str(SMALL_BASE), help="SAM checkpoint (Hub id or folder)")
     parser.add_argument("--output", type=Path, default=Path("runs/demo"))
     parser.add_argument("--max_steps", type=int, default=300)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--overwrite", action="store_true", help="replace a previous demo in --output")
     args = parser.parse_args()
     if args.output.exists() and any(args.output.iterdir()) and not args.overwrite:
         parser.error(f"{args.output} is not empty; pass --overwrite to replace it, or another --output.")
     started = time.time()
     torch.manual_seed(0)
-    model_path = args.model or str(args.output / "base")
-    if args.model is None:
-        small_sam().save_pretrained(model_path)
+    model_path = args.model
 
     spec = resolve_task(TASK)
     task_args = TaskArguments(task=TASK, train_prompt=PROMPT, eval_prompt=PROMPT)
     training_args = MedSATrainingArguments(
         output_dir=str(args.output / "adapter"), max_steps=args.max_steps,
-        per_device_train_batch_size=4, per_device_eval_batch_size=8, learning_rate=3e-3, warmup_steps=20,
+        per_device_train_batch_size=4, per_device_eval_batch_size=8, learning_rate=args.learning_rate, warmup_steps=20,
         eval_strategy="steps", eval_steps=max(args.max_steps // 6, 1), save_strategy="steps",
         save_steps=max(args.max_steps // 6, 1), save_total_limit=2, load_best_model_at_end=True, logging_steps=10,
         report_to=[], use_cpu=not torch.cuda.is_available(), seed=0, disable_tqdm=True,
