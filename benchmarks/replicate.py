@@ -19,11 +19,13 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model
+from common import MEDSA_DEPTH, build
+from peft import get_peft_model
 from transformers import SamModel
 
 from peft_medsa import MedSAConfig
@@ -36,30 +38,17 @@ REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ("1-click", "3-click", "bbox-0.75")
 
 
-def _freeze_all_but_decoder(model: SamModel) -> SamModel:
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad = name.startswith("mask_decoder.")
-    return model
-
-
-# Each method turns a fresh copy of the base into the model to train (None: evaluated as it is).
+# Each method turns a fresh copy of the base into the model to train (None: evaluated as it is); the compared
+# methods are those of the speed benchmarks (benchmarks/common.py), plus the paper's two ablations.
 METHODS: dict[str, Callable[[SamModel], Any]] = {
     "zero-shot": lambda base: None,
-    "decoder-only": _freeze_all_but_decoder,
-    "lora-r4-qkv+decoder": lambda base: get_peft_model(
-        base, LoraConfig(r=4, lora_alpha=8, target_modules=r".*vision_encoder\.layers\.\d+\.attn\.qkv", modules_to_save=["mask_decoder"])
-    ),
-    "medsa-encoder-only": lambda base: get_peft_model(base, MedSAConfig.from_preset("encoder-only")),
-    "medsa-official-code": lambda base: get_peft_model(base, MedSAConfig.from_preset("official-code")),
-    "medsa-paper": lambda base: get_peft_model(base, MedSAConfig.from_preset("paper")),
-    "medsa-paper, plain prompt fusion": lambda base: get_peft_model(
+    **{name: partial(build, name) for name in ("decoder only", "LoRA r=4 + decoder")},
+    **{name: partial(build, name) for name in ("Med-SA encoder-only", "Med-SA official-code", "Med-SA paper")},
+    "Med-SA paper, plain prompt fusion": lambda base: get_peft_model(
         base, MedSAConfig.from_preset("paper", hyper_prompt_mode="add")
     ),
 }
-VOLUME_METHODS = {
-    "medsa-paper + SD-Trans": lambda base: get_peft_model(base, MedSAConfig.from_preset("paper", depth_attention=True)),
-    "medsa-paper, slice-wise": lambda base: get_peft_model(base, MedSAConfig.from_preset("paper")),
-}
+VOLUME_METHODS = {"Med-SA paper + SD-Trans": MEDSA_DEPTH, "Med-SA paper, slice-wise": partial(build, "Med-SA paper")}
 
 
 def run_one(base: SamModel, build: Callable, task: str, prompt: str, seed: int, args: argparse.Namespace, depth: int | None) -> dict[str, Any]:
