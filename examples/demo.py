@@ -1,6 +1,6 @@
 """The offline demo: train a Med-SA adapter on real medical images that Python packages ship, and report it.
 
-    python examples/demo.py [--model PATH_OR_HUB_ID] [--output runs/demo] [--max_steps 300] [--overwrite]
+    python examples/demo.py [--model PATH_OR_HUB_ID] [--output runs/demo] [--max_steps 150] [--overwrite]
 
 It evaluates the base model (zero-shot), the box itself used as the mask (no model at all), then trains a `paper`
 adapter with the Trainer and evaluates it on the same seeded prompts; it writes the adapter with its model card,
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -39,12 +40,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(SMALL_BASE), help="SAM checkpoint (Hub id or folder)")
     parser.add_argument("--output", type=Path, default=Path("runs/demo"))
-    parser.add_argument("--max_steps", type=int, default=300)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--max_steps", type=int, default=150)
+    parser.add_argument("--learning_rate", type=float, default=2e-4)
     parser.add_argument("--overwrite", action="store_true", help="replace a previous demo in --output")
     args = parser.parse_args()
-    if args.output.exists() and any(args.output.iterdir()) and not args.overwrite:
-        parser.error(f"{args.output} is not empty; pass --overwrite to replace it, or another --output.")
+    if args.output.exists() and any(args.output.iterdir()):
+        if not args.overwrite:
+            parser.error(f"{args.output} is not empty; pass --overwrite to replace it, or another --output.")
+        shutil.rmtree(args.output)
     started = time.time()
     torch.manual_seed(0)
     model_path = args.model
@@ -63,7 +66,9 @@ def main() -> None:
     eval_set = evaluation_set(task_args, base.config, task_args.eval_split, task_args.eval_prompt)
     before = make_trainer(base, training_args, eval_set, spec.labels).evaluate()
     box = box_baseline(eval_set, spec.labels, base.config.vision_config.image_size)
-    after = train(ModelArguments(model_path), task_args, MedSAArguments(preset="paper"), training_args)
+    # SAM's recipe: the IoU head learns the adapted masks' quality, since evaluation picks the mask it ranks first.
+    medsa_args = MedSAArguments(preset="paper", iou_weight=1.0)
+    after = train(ModelArguments(model_path), task_args, medsa_args, training_args)
 
     report = {
         "task": TASK, "prompt": PROMPT, "base_model": model_path, "eval_examples": len(eval_set),
@@ -84,13 +89,16 @@ def plot_learning_curve(state_file: Path, output: Path) -> None:
     """Training loss and validation Dice against steps, from the Trainer's log history."""
     history = json.loads(state_file.read_text())["log_history"]
     train = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    dice = [(h["step"], h["eval_dice"]) for h in history if "eval_dice" in h]
+    dice: dict[int, float] = {}  # the evaluations during training (not the final one of the best checkpoint)
+    for entry in history:
+        if "eval_dice" in entry:
+            dice.setdefault(entry["step"], entry["eval_dice"])
     figure, loss_axis = plt.subplots(figsize=(6, 3.5))
     loss_axis.plot(*zip(*train), color="tab:blue", label="training loss")
     loss_axis.set_xlabel("step")
     loss_axis.set_ylabel("loss (Dice + BCE)", color="tab:blue")
     dice_axis = loss_axis.twinx()
-    dice_axis.plot(*zip(*dice), "o-", color="tab:red", label="validation Dice")
+    dice_axis.plot(list(dice), list(dice.values()), "o-", color="tab:red", label="validation Dice")
     dice_axis.set_ylabel("validation Dice", color="tab:red")
     figure.tight_layout()
     figure.savefig(output, dpi=100)
