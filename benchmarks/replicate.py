@@ -64,13 +64,14 @@ def run_one(base: SamModel, build: Callable, task: str, prompt: str, seed: int, 
         logging_steps=max(args.steps, 1),
     )
     test_set = evaluation_set(
-        TaskArguments(task=task, depth=depth, max_eval_samples=args.max_test_samples), base.config, "test", prompt
+        TaskArguments(task=task, depth=depth, max_eval_samples=args.max_test_samples, streaming=False),
+        base.config, "test", prompt,
     )
     aggregator = MetricAggregator(spec.labels)
     trained = model if model is not None else base
     train_set = None
     if model is not None:
-        train_set = load_task(task, split="train", prompt=prompt, seed=seed, sam_config=base.config, depth=depth)
+        train_set = load_task(task, split="train", streaming=False, prompt=prompt, seed=seed, sam_config=base.config, depth=depth)
         train_set = train_set.shuffle(seed=seed, buffer_size=256)
     trainer = make_trainer(trained, training_args, test_set, spec.labels, train_set=train_set, aggregator=aggregator)
     if model is not None:

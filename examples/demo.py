@@ -53,7 +53,7 @@ def main() -> None:
     model_path = args.model
 
     spec = resolve_task(TASK)
-    task_args = TaskArguments(task=TASK, train_prompt=PROMPT, eval_prompt=PROMPT)
+    task_args = TaskArguments(task=TASK, train_prompt=PROMPT, eval_prompt=PROMPT, streaming=False)  # small: load it
     training_args = MedSATrainingArguments(
         output_dir=str(args.output / "adapter"), max_steps=args.max_steps,
         per_device_train_batch_size=4, per_device_eval_batch_size=8, learning_rate=args.learning_rate, warmup_steps=20,

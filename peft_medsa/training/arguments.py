@@ -28,6 +28,13 @@ class TaskArguments:
         metadata={"help": "A registered task (demo-2d, demo-3d, busi, kvasir-seg, btcv, ...) or a task YAML/JSON file."},
     )
     data_dir: Optional[str] = field(default=None, metadata={"help": "A local copy of a Hub task, in its layout."})
+    streaming: bool = field(
+        default=True,
+        metadata={
+            "help": "Stream parquet tasks (no full download). Turn off for small datasets trained for many epochs: "
+            "datasets pauses 5 s at the end of every parquet stream."
+        },
+    )
     train_prompt: str = field(
         default="box", metadata={"help": "Prompt preset for training: 1-click, 3-click, box, bbox-0.5, bbox-0.75."}
     )

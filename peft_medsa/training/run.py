@@ -34,8 +34,8 @@ def build_model(model_args: ModelArguments, medsa_args: MedSAArguments, volumes:
 def evaluation_set(task_args: TaskArguments, sam_config: Any, split: str, prompt: str) -> list[dict[str, Any]]:
     """The evaluation examples, in a fixed order (metrics match them to their metadata by position)."""
     examples = load_task(
-        task_args.task, split=split, prompt=prompt, seed=task_args.prompt_seed, sam_config=sam_config,
-        depth=task_args.depth, data_dir=task_args.data_dir,
+        task_args.task, split=split, streaming=task_args.streaming, prompt=prompt, seed=task_args.prompt_seed,
+        sam_config=sam_config, depth=task_args.depth, data_dir=task_args.data_dir,
     )
     if task_args.max_eval_samples is not None:
         examples = examples.take(task_args.max_eval_samples)
@@ -105,8 +105,8 @@ def train(
     spec = resolve_task(task_args.task)
     model = build_model(model_args, medsa_args, volumes=task_args.depth is not None)
     train_set = load_task(
-        spec, split="train", prompt=task_args.train_prompt, seed=task_args.prompt_seed, sam_config=model.config,
-        depth=task_args.depth, data_dir=task_args.data_dir,
+        spec, split="train", streaming=task_args.streaming, prompt=task_args.train_prompt, seed=task_args.prompt_seed,
+        sam_config=model.config, depth=task_args.depth, data_dir=task_args.data_dir,
     ).shuffle(seed=training_args.seed, buffer_size=task_args.shuffle_buffer)
     eval_set = evaluation_set(task_args, model.config, task_args.eval_split, task_args.eval_prompt)
     trainer = make_trainer(model, training_args, eval_set, spec.labels, medsa_args, train_set, callbacks)
