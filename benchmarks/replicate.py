@@ -99,6 +99,38 @@ def summarise(records: list[dict[str, Any]], methods: list[str], prompts: list[s
     return "\n".join(lines)
 
 
+def per_case(records: list[dict[str, Any]], methods: list[str], prompt: str, class_names: dict[int, str]) -> str:
+    """Markdown: Dice per test case and class (mean +- std over seeds) for one prompt."""
+    runs = [r for r in records if r["prompt"] == prompt]
+    targets = sorted({(c["case_id"], c["class_id"]) for r in runs for c in r["per_case"]})
+    names = [f"{case} {class_names.get(class_id, class_id)}" for case, class_id in targets]
+    lines = ["| method | " + " | ".join(names) + " |", "|---|" + "---:|" * len(targets)]
+    for method in methods:
+        cells = []
+        for case, class_id in targets:
+            dice = [c["dice"] for r in runs if r["method"] == method for c in r["per_case"]
+                    if (c["case_id"], c["class_id"]) == (case, class_id)]
+            cells.append(_mean_std(dice, 3))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(record: dict[str, Any]) -> None:
+    """Print the tables of a run record (as written to --output)."""
+    runs, steps = record["runs"], record["arguments"]
+    seeds = len({r["seed"] for r in runs})
+    for task, methods, title in (
+        ("demo-2d", list(METHODS), f"2-D: demo-2d test cases ({seeds} seed(s), {steps['steps']} steps)"),
+        ("demo-3d", list(VOLUME_METHODS), f"3-D: demo-3d test volumes, chunks of 4 slices ({steps['volume_steps']} steps)"),
+    ):
+        task_runs = [r for r in runs if r["task"] == task]
+        prompts = [p for p in PROMPTS if any(r["prompt"] == p for r in task_runs)]
+        print(f"\n## {title}\n\n" + summarise(task_runs, methods, prompts))
+        for prompt in prompts:
+            print(f"\nDice per test case, {prompt}:\n\n" + per_case(task_runs, methods, prompt, resolve_task(task).labels))
+    print(f"\nwall time: {record['wall_time_s']} s")
+
+
 def _mean_std(values: list[float], digits: int) -> str:
     if not values:
         return "n/a"
@@ -118,7 +150,11 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--max-test-samples", type=int, default=None)
     parser.add_argument("--output", type=Path, default=Path("runs/replication.json"))
+    parser.add_argument("--report", type=Path, help="only print the tables of a record written by an earlier run")
     args = parser.parse_args()
+    if args.report:
+        report(json.loads(args.report.read_text()))
+        return
     prompts = list(PROMPTS)
     if args.quick:
         args.seeds, prompts, args.steps, args.volume_steps, args.max_test_samples = [0], ["bbox-0.75"], 15, 6, 12
@@ -137,14 +173,11 @@ def main() -> None:
         for seed in args.seeds:
             records.append({"task": "demo-3d", "method": method, **run_one(base, build, "demo-3d", "bbox-0.75", seed, volume_args, depth=4)})
             print(json.dumps({k: v for k, v in records[-1].items() if k != "per_case"}), flush=True)
-    wall = round(time.time() - started, 1)
+    record = {"base": args.base, "arguments": {k: str(v) for k, v in vars(args).items()}, "runs": records}
+    record["wall_time_s"] = round(time.time() - started, 1)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"base": args.base, "arguments": {k: str(v) for k, v in vars(args).items()}, "wall_time_s": wall, "runs": records}, indent=1))
-    print(f"\n## 2-D: demo-2d test cases ({len(args.seeds)} seed(s), {args.steps} steps)\n")
-    print(summarise([r for r in records if r["task"] == "demo-2d"], list(METHODS), prompts))
-    print(f"\n## 3-D: demo-3d test volumes, chunks of 4 slices, BBox 0.75 ({args.volume_steps} steps)\n")
-    print(summarise([r for r in records if r["task"] == "demo-3d"], list(VOLUME_METHODS), ["bbox-0.75"]))
-    print(f"\nwall time: {wall} s")
+    args.output.write_text(json.dumps(record, indent=1))
+    report(record)
 
 
 if __name__ == "__main__":
