@@ -163,15 +163,15 @@ def main() -> None:
     base = SamModel.from_pretrained(args.base).eval()
     started = time.time()
     records = []
-    for method, build in METHODS.items():
+    for method, adapt in METHODS.items():
         for prompt in prompts:
             for seed in args.seeds:
-                records.append({"task": "demo-2d", "method": method, **run_one(base, build, "demo-2d", prompt, seed, args, None)})
+                records.append({"task": "demo-2d", "method": method, **run_one(base, adapt, "demo-2d", prompt, seed, args, None)})
                 print(json.dumps({k: v for k, v in records[-1].items() if k != "per_case"}), flush=True)
     volume_args = argparse.Namespace(**{**vars(args), "steps": args.volume_steps})
-    for method, build in VOLUME_METHODS.items():
+    for method, adapt in VOLUME_METHODS.items():
         for seed in args.seeds:
-            records.append({"task": "demo-3d", "method": method, **run_one(base, build, "demo-3d", "bbox-0.75", seed, volume_args, depth=4)})
+            records.append({"task": "demo-3d", "method": method, **run_one(base, adapt, "demo-3d", "bbox-0.75", seed, volume_args, depth=4)})
             print(json.dumps({k: v for k, v in records[-1].items() if k != "per_case"}), flush=True)
     record = {"base": args.base, "arguments": {k: str(v) for k, v in vars(args).items()}, "runs": records}
     record["wall_time_s"] = round(time.time() - started, 1)

@@ -1,10 +1,7 @@
 """Publishing: a card rendered from a real (tiny) training run, parsed back, and the upload up to the HTTP call."""
 
-import copy
-
 import pytest
 import torch
-from conftest import randomize_adapters
 from huggingface_hub import HfApi, ModelCard
 from peft import get_peft_model
 from safetensors.torch import load_file
