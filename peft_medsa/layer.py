@@ -75,6 +75,13 @@ class MedSALayer(BaseTunerLayer):
         outputs = [self._bottleneck(name, a, x) for a in self._active(name)]
         return sum(outputs[1:], outputs[0]) if outputs else None
 
+    def _mlp_with_adapters(self, mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The block's MLP with Med-SA's parallel adapters beside it: `MLP(x) + s * Adapter_mlp(x)`."""
+        out = mlp(x)
+        for adapter_name in self._active("mlp"):
+            out = out + self.medsa_settings[adapter_name].mlp_scale * self._bottleneck("mlp", adapter_name, x)
+        return out
+
     def _uses_adapters(self) -> bool:
         return not self.disable_adapters and any(a in self.medsa_settings for a in self.active_adapters)
 
@@ -164,12 +171,7 @@ class MedSAVisionLayer(GradientCheckpointingLayer, MedSALayer):
         if depth is not None:
             hidden_states = hidden_states + self._sum_of("depth", depth)
 
-        normed = base.layer_norm2(hidden_states)
-        hidden_states = hidden_states + base.mlp(normed)
-        for adapter_name in self._active("mlp"):  # parallel, scaled MLP adapter
-            scale = self.medsa_settings[adapter_name].mlp_scale
-            hidden_states = hidden_states + scale * self._bottleneck("mlp", adapter_name, normed)
-        return hidden_states
+        return hidden_states + self._mlp_with_adapters(base.mlp, base.layer_norm2(hidden_states))
 
     def _spatial_attention(self, normed: torch.Tensor) -> torch.Tensor:
         """SAM's own (windowed or global) attention over the tokens of each slice: (B*D, H, W, C)."""
@@ -307,11 +309,7 @@ class MedSADecoderLayer(nn.Module, MedSALayer):
         )[0]
         queries = base.layer_norm2(queries)
 
-        # MLP with its parallel, scaled adapter.
-        mlp = base.mlp(queries)
-        for adapter_name in self._active("mlp"):
-            mlp = mlp + self.medsa_settings[adapter_name].mlp_scale * self._bottleneck("mlp", adapter_name, queries)
-        queries = base.layer_norm3(queries + mlp)
+        queries = base.layer_norm3(queries + self._mlp_with_adapters(base.mlp, queries))
 
         # The image attends to the tokens; the adapter sits on the residual, before the norm.
         query, key = queries + query_point_embedding, keys + key_point_embedding
