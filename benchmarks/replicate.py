@@ -29,10 +29,10 @@ from peft import get_peft_model
 from transformers import SamModel
 
 from peft_medsa import MedSAConfig
-from peft_medsa.data import load_task, resolve_task
+from peft_medsa.data import resolve_task
 from peft_medsa.training import MetricAggregator
 from peft_medsa.training.arguments import MedSATrainingArguments, TaskArguments
-from peft_medsa.training.run import evaluation_set, make_trainer
+from peft_medsa.training.run import evaluation_set, make_trainer, training_set
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ("1-click", "3-click", "bbox-0.75")
@@ -71,8 +71,8 @@ def run_one(base: SamModel, build: Callable, task: str, prompt: str, seed: int, 
     trained = model if model is not None else base
     train_set = None
     if model is not None:
-        train_set = load_task(task, split="train", streaming=False, prompt=prompt, seed=seed, sam_config=base.config, depth=depth)
-        train_set = train_set.shuffle(seed=seed, buffer_size=256)
+        train_args = TaskArguments(task=task, train_prompt=prompt, prompt_seed=seed, depth=depth, streaming=False)
+        train_set = training_set(train_args, base.config, shuffle_seed=seed)
     trainer = make_trainer(trained, training_args, test_set, spec.labels, train_set=train_set, aggregator=aggregator)
     if model is not None:
         trainer.train()

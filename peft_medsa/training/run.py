@@ -31,6 +31,15 @@ def build_model(model_args: ModelArguments, medsa_args: MedSAArguments, volumes:
     return get_peft_model(SamModel.from_pretrained(model_args.model_name_or_path), config)
 
 
+def training_set(task_args: TaskArguments, sam_config: Any, shuffle_seed: int) -> Any:
+    """The training examples, shuffled through a buffer (`TaskArguments.shuffle_buffer`)."""
+    examples = load_task(
+        task_args.task, split="train", streaming=task_args.streaming, prompt=task_args.train_prompt,
+        seed=task_args.prompt_seed, sam_config=sam_config, depth=task_args.depth, data_dir=task_args.data_dir,
+    )
+    return examples.shuffle(seed=shuffle_seed, buffer_size=task_args.shuffle_buffer)
+
+
 def evaluation_set(task_args: TaskArguments, sam_config: Any, split: str, prompt: str) -> list[dict[str, Any]]:
     """The evaluation examples, in a fixed order (metrics match them to their metadata by position)."""
     examples = load_task(
@@ -104,10 +113,7 @@ def train(
     set_seed(training_args.seed)
     spec = resolve_task(task_args.task)
     model = build_model(model_args, medsa_args, volumes=task_args.depth is not None)
-    train_set = load_task(
-        spec, split="train", streaming=task_args.streaming, prompt=task_args.train_prompt, seed=task_args.prompt_seed,
-        sam_config=model.config, depth=task_args.depth, data_dir=task_args.data_dir,
-    ).shuffle(seed=training_args.seed, buffer_size=task_args.shuffle_buffer)
+    train_set = training_set(task_args, model.config, training_args.seed)
     eval_set = evaluation_set(task_args, model.config, task_args.eval_split, task_args.eval_prompt)
     trainer = make_trainer(model, training_args, eval_set, spec.labels, medsa_args, train_set, callbacks)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
