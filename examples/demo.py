@@ -26,6 +26,7 @@ from PIL import Image  # noqa: E402
 from transformers import SamModel  # noqa: E402
 
 from peft_medsa.data import SamDataCollator, resolve_task  # noqa: E402
+from peft_medsa.predict import Prompt, write_overlay  # noqa: E402
 from peft_medsa.training import select_masks  # noqa: E402
 from peft_medsa.training.arguments import MedSAArguments, MedSATrainingArguments, ModelArguments, TaskArguments  # noqa: E402
 from peft_medsa.training.run import box_baseline, evaluation_set, make_trainer, train  # noqa: E402
@@ -120,30 +121,21 @@ def write_overlays(adapter: Path, model_path: str, examples: list[dict], folder:
         outputs = model(**batch)
     masks = select_masks((outputs.iou_scores, outputs.pred_masks))[:, 0] > 0  # (B, h, w)
     for i, example in enumerate(picks):
-        image = example["pixel_values"].numpy().transpose(1, 2, 0)
-        image = ((image - image.min()) / (np.ptp(image) + 1e-6) * 255).astype(np.uint8)
-        size = image.shape[0]
-        predicted = _resize(masks[i].numpy(), size)
-        target = _resize(labels[i, 0].numpy() > 0, size)
-        overlay = image.copy()
-        overlay[predicted] = (0.7 * overlay[predicted] + [76, 0, 0]).astype(np.uint8)
-        overlay[_outline(predicted)] = [255, 0, 0]
-        overlay[_outline(target)] = [0, 255, 0]
-        x1, y1, x2, y2 = (int(round(v)) for v in example["input_boxes"][0].tolist())
-        overlay[[y1, min(y2, size - 1)], x1 : x2 + 1] = [255, 255, 0]
-        overlay[y1 : y2 + 1, [x1, min(x2, size - 1)]] = [255, 255, 0]
+        size = example["pixel_values"].shape[-1]
         name = f"{example['case_id']}_slice{int(example['slice_index'])}_class{int(example['class_id'])}.png"
-        Image.fromarray(overlay).resize((2 * size, 2 * size), Image.NEAREST).save(folder / name)
+        write_overlay(
+            example["pixel_values"][0].numpy(),  # one channel of the normalised input: a grey image
+            _resize(masks[i].numpy(), size),
+            Prompt(box=tuple(example["input_boxes"][0].tolist())),
+            folder / name,
+            target=_resize(labels[i, 0].numpy() > 0, size),
+            zoom=2,
+        )
 
 
 def _resize(mask: np.ndarray, size: int) -> np.ndarray:
+    """A mask at the decoder's resolution, enlarged (nearest) to the model's input frame."""
     return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 0
-
-
-def _outline(mask: np.ndarray) -> np.ndarray:
-    inner = mask.copy()
-    inner[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
-    return mask & ~inner
 
 
 if __name__ == "__main__":

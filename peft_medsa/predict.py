@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from PIL import Image
+from scipy.ndimage import binary_erosion
 from tqdm.auto import tqdm
 from transformers import SamModel
 
@@ -214,21 +215,31 @@ def _write_dicom_mask(input_path: Path, output_path: Path, mask: np.ndarray) -> 
     dataset.save_as(str(output_path), enforce_file_format=True)
 
 
-def write_overlay(image: np.ndarray, mask: np.ndarray, prompt: Prompt, output: Path) -> None:
-    """An RGB picture for a person: the image, the mask in red, clicks and the box in yellow/cyan."""
+def write_overlay(
+    image: np.ndarray,
+    mask: np.ndarray,
+    prompt: Prompt,
+    output: Path,
+    target: Optional[np.ndarray] = None,
+    zoom: int = 1,
+) -> None:
+    """An RGB picture for a person: the image, the mask tinted and outlined in red, the `target` (when known)
+    outlined in green, clicks and the box in yellow (negative clicks in cyan); `zoom` enlarges small images."""
     rgb = to_rgb(to_uint8(image, IntensityPolicy("percentile"))).copy()
-    rgb[mask] = (0.5 * rgb[mask] + [127, 0, 0]).astype(np.uint8)
+    rgb[mask] = (0.7 * rgb[mask] + [76, 0, 0]).astype(np.uint8)
+    rgb[mask & ~binary_erosion(mask)] = [255, 0, 0]
+    if target is not None:
+        rgb[target & ~binary_erosion(target)] = [0, 255, 0]
     height, width = mask.shape
-    for x, y in prompt.points:
-        rgb[max(int(y) - 2, 0) : int(y) + 3, max(int(x) - 2, 0) : int(x) + 3] = [255, 255, 0]
-    for x, y in prompt.negative_points:
-        rgb[max(int(y) - 2, 0) : int(y) + 3, max(int(x) - 2, 0) : int(x) + 3] = [0, 255, 255]
+    for points, colour in ((prompt.points, [255, 255, 0]), (prompt.negative_points, [0, 255, 255])):
+        for x, y in points:
+            rgb[max(int(y) - 2, 0) : int(y) + 3, max(int(x) - 2, 0) : int(x) + 3] = colour
     if prompt.box:
         x1, y1, x2, y2 = (int(round(v)) for v in prompt.box)
         x2, y2 = min(x2, width - 1), min(y2, height - 1)
         rgb[[y1, y2], x1 : x2 + 1] = [255, 255, 0]
         rgb[y1 : y2 + 1, [x1, x2]] = [255, 255, 0]
-    Image.fromarray(rgb).save(output)
+    Image.fromarray(rgb).resize((zoom * width, zoom * height), Image.NEAREST).save(output)
 
 
 def load_model(base: str, adapter: Optional[str]) -> torch.nn.Module:
