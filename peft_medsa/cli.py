@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -82,7 +83,10 @@ def _run(command) -> int:
     logging.set_verbosity_error()  # keep stderr for what went wrong; the Trainer's progress stays
     logging.disable_progress_bar()  # per-file bars of weight loading
     try:
-        command()
+        with warnings.catch_warnings():  # the libraries' deprecation notices are for developers, not this stderr
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            command()
     except (UsageError, ValueError, FileNotFoundError, OSError, SafetensorError, KeyError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"medsa: error: {message}", file=sys.stderr)
