@@ -7,10 +7,21 @@ Importing this package registers the method with peft, so that `get_peft_model(s
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 
 from .config import MEDSA_PEFT_TYPE, PRESETS, MedSAConfig
+from .errors import MedSAError, MedSAFileError, MedSAFileNotFoundError, MedSAValueError
 from .model import MedSAModel
 
 __version__ = "0.1.0"
-__all__ = ["MEDSA_PEFT_TYPE", "PRESETS", "MedSAConfig", "MedSAModel", "__version__"]
+__all__ = [
+    "MEDSA_PEFT_TYPE",
+    "PRESETS",
+    "MedSAConfig",
+    "MedSAError",
+    "MedSAFileError",
+    "MedSAFileNotFoundError",
+    "MedSAModel",
+    "MedSAValueError",
+    "__version__",
+]
 
 
 def _register_with_peft() -> None:
