@@ -19,6 +19,8 @@ demo: $(BIN)/activate
 	$(BIN)/python examples/demo.py --overwrite
 
 test: $(BIN)/activate
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2 -q
 
 clean:

@@ -17,10 +17,11 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
@@ -32,16 +33,26 @@ from peft_medsa import MedSAConfig
 # The vision encoders of the three released SAM checkpoints (facebook/sam-vit-{base,large,huge}).
 VISION_CONFIGS: dict[str, dict[str, Any]] = {
     "ViT-B": {},
-    "ViT-L": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, global_attn_indexes=[5, 11, 17, 23]),
-    "ViT-H": dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, global_attn_indexes=[7, 15, 23, 31]),
+    "ViT-L": {
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "global_attn_indexes": [5, 11, 17, 23],
+    },
+    "ViT-H": {
+        "hidden_size": 1280,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 16,
+        "global_attn_indexes": [7, 15, 23, 31],
+    },
 }
 # A SAM small enough for smoke tests: a windowed and a global block, 64 px, 8x8 tokens.
-TINY_SAM = dict(
-    vision_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=8, output_channels=32,
-                       window_size=4, global_attn_indexes=[1], num_pos_feats=16, mlp_dim=128),
-    prompt_encoder_config=dict(hidden_size=32, patch_size=8),
-    mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
-)  # fmt: skip
+TINY_SAM = {
+    "vision_config": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "patch_size": 8, "output_channels": 32,
+                       "window_size": 4, "global_attn_indexes": [1], "num_pos_feats": 16, "mlp_dim": 128},
+    "prompt_encoder_config": {"hidden_size": 32, "patch_size": 8},
+    "mask_decoder_config": {"hidden_size": 32, "mlp_dim": 64, "num_attention_heads": 2, "iou_head_hidden_dim": 32},
+}  # fmt: skip
 # SAMed's recipe (Zhang & Liu 2023): LoRA of rank 4 on the image encoder's attention, mask decoder trained in full.
 LORA_TARGET = r".*vision_encoder\.layers\.\d+\.attn\.qkv"
 
@@ -118,10 +129,12 @@ class Profile:
     tiny: bool = False
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "Profile":
+    def from_args(cls, args: argparse.Namespace) -> Profile:
         values = {name: getattr(args, name) for name in cls.__dataclass_fields__}
         if args.tiny:
-            values.update(image_size=64, warmup=1, repeats=2, threads=1)  # one thread: robust on a busy CI machine
+            values.update(
+                image_size=64, warmup=1, repeats=2, threads=1
+            )  # one thread: robust on a busy CI machine
         return cls(**values)
 
     def config(self) -> SamConfig:
@@ -147,7 +160,7 @@ class Profile:
             torch.cuda.synchronize()
 
     def inputs(
-        self, batch: Optional[int] = None, depth: Optional[int] = None, seed: int = 0
+        self, batch: int | None = None, depth: int | None = None, seed: int = 0
     ) -> dict[str, torch.Tensor]:
         """Images (or volumes with `depth`), one click per image (per slice), and a target mask per click."""
         batch = self.batch if batch is None else batch
@@ -181,13 +194,23 @@ class Profile:
 def add_profile_arguments(parser: argparse.ArgumentParser, repeats: int = 5, warmup: int = 1) -> None:
     """The options every benchmark script takes (defaults: the CPU profile)."""
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast, fp32 weights")
-    parser.add_argument("--image-size", type=int, default=256, help="SAM's input size (vision and prompt encoder)")
+    parser.add_argument(
+        "--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast, fp32 weights"
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=256, help="SAM's input size (vision and prompt encoder)"
+    )
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=warmup, help="untimed runs of each variant before timing")
-    parser.add_argument("--repeats", type=int, default=repeats, help="timed runs of each variant (median reported)")
+    parser.add_argument(
+        "--warmup", type=int, default=warmup, help="untimed runs of each variant before timing"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=repeats, help="timed runs of each variant (median reported)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--tiny", action="store_true", help="a tiny random SAM at 64 px: a smoke test, not a figure")
+    parser.add_argument(
+        "--tiny", action="store_true", help="a tiny random SAM at 64 px: a smoke test, not a figure"
+    )
 
 
 def _cpu_model() -> str:
@@ -261,4 +284,3 @@ def markdown(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
-

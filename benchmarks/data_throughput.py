@@ -32,7 +32,8 @@ def write_parquet_task(root: Path, rows: int = 64, shards: int = 4) -> dict:
     label = PILImage.fromarray((mask > 0).astype(np.uint8) * 255).resize((720, 576), PILImage.NEAREST)
     features = Features(image=Image(), mask=Image(), id=Value("string"))
     table = Dataset.from_dict(
-        {"image": [picture] * rows, "mask": [label] * rows, "id": [f"case{i}" for i in range(rows)]}, features=features
+        {"image": [picture] * rows, "mask": [label] * rows, "id": [f"case{i}" for i in range(rows)]},
+        features=features,
     )
     (root / "data").mkdir(parents=True, exist_ok=True)
     for index in range(shards):
@@ -43,7 +44,9 @@ def write_parquet_task(root: Path, rows: int = 64, shards: int = 4) -> dict:
 
 
 def samples_per_second(dataset, workers: int, limit: int, batch_size: int = 4) -> tuple[float, int]:
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=SamDataCollator())
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, collate_fn=SamDataCollator()
+    )
     start, seen = None, 0
     for batch in loader:
         if start is None:  # the first batch pays worker start-up and file opening
@@ -57,7 +60,9 @@ def samples_per_second(dataset, workers: int, limit: int, batch_size: int = 4) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--samples", type=int, default=64, help="examples timed per setting (after one warm-up batch)")
+    parser.add_argument(
+        "--samples", type=int, default=64, help="examples timed per setting (after one warm-up batch)"
+    )
     parser.add_argument("--image-size", type=int, default=1024)
     parser.add_argument("--depth", type=int, default=8)
     args = parser.parse_args()
@@ -69,11 +74,29 @@ def main() -> None:
         for workers in (0, 1, 2):
             two_d = load_task(task, image_size=args.image_size, prompt="bbox-0.5")
             rate, seen = samples_per_second(two_d, workers, args.samples)
-            results.append({"pipeline": "2-D parquet stream", "workers": workers, "samples_per_s": rate, "slices_per_s": rate, "samples": seen})
+            results.append(
+                {
+                    "pipeline": "2-D parquet stream",
+                    "workers": workers,
+                    "samples_per_s": rate,
+                    "slices_per_s": rate,
+                    "samples": seen,
+                }
+            )
             three_d = load_task("demo-3d", image_size=args.image_size, depth=args.depth, prompt="1-click")
             rate, seen = samples_per_second(three_d, workers, args.samples // 4, batch_size=1)
-            results.append({"pipeline": f"3-D chunks (D={args.depth})", "workers": workers, "samples_per_s": rate, "slices_per_s": rate * args.depth, "samples": seen})
-    print(json.dumps({"image_size": args.image_size, "cpu_count": os.cpu_count(), "results": results}, indent=1))
+            results.append(
+                {
+                    "pipeline": f"3-D chunks (D={args.depth})",
+                    "workers": workers,
+                    "samples_per_s": rate,
+                    "slices_per_s": rate * args.depth,
+                    "samples": seen,
+                }
+            )
+    print(
+        json.dumps({"image_size": args.image_size, "cpu_count": os.cpu_count(), "results": results}, indent=1)
+    )
     print(f"\n| pipeline ({args.image_size} px) | workers | samples/s | slices/s |\n|---|---|---|---|")
     for r in results:
         print(f"| {r['pipeline']} | {r['workers']} | {r['samples_per_s']:.1f} | {r['slices_per_s']:.1f} |")

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from common import MEDSA_DEPTH, Profile, add_profile_arguments, markdown, median_times, report
 
 
-def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_profile_arguments(parser, repeats=2)
     parser.add_argument("--depths", type=int, nargs="+", default=[1, 4, 8, 16], help="slices per volume (D)")
     args = parser.parse_args(argv)
@@ -46,7 +48,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         ["D", "volume (1, 3, D, H, W) s", "slices (D, 3, H, W) s", "depth branch ratio"],
         [[r["depth"], f"{r['volume_s']:.3f}", f"{r['slices_s']:.3f}", f"{r['ratio']:.2f}x"] for r in rows],
     )
-    record = {"results": rows, "ratios": {f"D={r['depth']}": r["ratio"] for r in rows}, "targets": {"D=16": "<= 1.25"}}
+    record = {
+        "results": rows,
+        "ratios": {f"D={r['depth']}": r["ratio"] for r in rows},
+        "targets": {"D=16": "<= 1.25"},
+    }
     return report("depth", profile, record, table)
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from common import Profile, add_profile_arguments, build, markdown, median_times, report
@@ -75,8 +76,10 @@ def _forward(profile: Profile, model: torch.nn.Module, **inputs: torch.Tensor) -
     return _no_grad(profile, lambda: model(**inputs))
 
 
-def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_profile_arguments(parser, repeats=3)
     profile = Profile.from_args(parser.parse_args(argv))
     profile.setup()
@@ -88,14 +91,25 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         "latency_s": times,
         "prompts_s": prompt_times,
         "ratios": {
-            **{f"{name} vs base": seconds / times["SAM (base)"] for name, seconds in times.items() if name in ADAPTED},
-            "full forwards vs embedding reuse": prompt_times[f"{PROMPTS} full forwards"] / prompt_times[reuse],
+            **{
+                f"{name} vs base": seconds / times["SAM (base)"]
+                for name, seconds in times.items()
+                if name in ADAPTED
+            },
+            "full forwards vs embedding reuse": prompt_times[f"{PROMPTS} full forwards"]
+            / prompt_times[reuse],
         },
         "targets": {"Med-SA paper vs base": "<= 1.10", "full forwards vs embedding reuse": ">= 10"},
     }
-    rows = [[name, f"{seconds:.3f}", f"{seconds / times['SAM (base)']:.2f}x"] for name, seconds in times.items()]
-    rows += [[name, f"{time:.3f}", f"{time / prompt_times[reuse]:.1f}x"] for name, time in prompt_times.items()]
-    table = markdown([f"forward (batch {profile.batch}; prompts: 1 image)", "seconds", "vs base / vs reuse"], rows)
+    rows = [
+        [name, f"{seconds:.3f}", f"{seconds / times['SAM (base)']:.2f}x"] for name, seconds in times.items()
+    ]
+    rows += [
+        [name, f"{time:.3f}", f"{time / prompt_times[reuse]:.1f}x"] for name, time in prompt_times.items()
+    ]
+    table = markdown(
+        [f"forward (batch {profile.batch}; prompts: 1 image)", "seconds", "vs base / vs reuse"], rows
+    )
     return report("inference", profile, record, table)
 
 

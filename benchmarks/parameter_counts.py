@@ -21,11 +21,11 @@ from transformers import SamModel
 from peft_medsa import MedSAConfig
 
 VARIANTS = {
-    "paper": dict(preset="paper"),
-    "paper + SD-Trans": dict(preset="paper", depth_attention=True),
-    "official-code": dict(preset="official-code"),
-    "encoder-only": dict(preset="encoder-only"),
-    "encoder-only, ratio 1/16": dict(preset="encoder-only", adapter_ratio=1 / 16),
+    "paper": {"preset": "paper"},
+    "paper + SD-Trans": {"preset": "paper", "depth_attention": True},
+    "official-code": {"preset": "official-code"},
+    "encoder-only": {"preset": "encoder-only"},
+    "encoder-only, ratio 1/16": {"preset": "encoder-only", "adapter_ratio": 1 / 16},
 }
 
 
@@ -53,7 +53,9 @@ def main() -> dict[str, Any]:
             trainable, sam = count(size, **options)
             variants.append({"sam": size, "variant": variant, "trainable": trainable, "sam_parameters": sam})
     methods = [
-        {"sam": size, "method": method, **count_method(size, method)} for size in VISION_CONFIGS for method in METHODS
+        {"sam": size, "method": method, **count_method(size, method)}
+        for size in VISION_CONFIGS
+        for method in METHODS
     ]
     record = {"medsa_variants": variants, "methods": methods}
     print(json.dumps(record, indent=1))
@@ -68,8 +70,13 @@ def main() -> dict[str, Any]:
         rows.append([size, f"{sizes[0]['sam_parameters']:,}", *cells])
     print("\n" + markdown(["SAM", "parameters", *VARIANTS], rows))
     rows = [
-        [r["sam"], r["method"], cell(r["trainable"], r["sam_parameters"]), f"{r['stored']:,}",
-         f"{r['stored'] * 4 / 2**20:,.1f}"]
+        [
+            r["sam"],
+            r["method"],
+            cell(r["trainable"], r["sam_parameters"]),
+            f"{r['stored']:,}",
+            f"{r['stored'] * 4 / 2**20:,.1f}",
+        ]
         for r in methods
     ]
     print("\n" + markdown(["SAM", "method", "trainable", "stored", "stored MiB (fp32)"], rows))

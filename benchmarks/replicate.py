@@ -43,44 +43,77 @@ PROMPTS = ("1-click", "3-click", "bbox-0.75")
 METHODS: dict[str, Callable[[SamModel], Any]] = {
     "zero-shot": lambda base: None,
     **{name: partial(build, name) for name in ("decoder only", "LoRA r=4 + decoder")},
-    **{name: partial(build, name) for name in ("Med-SA encoder-only", "Med-SA official-code", "Med-SA paper")},
+    **{
+        name: partial(build, name) for name in ("Med-SA encoder-only", "Med-SA official-code", "Med-SA paper")
+    },
     "Med-SA paper, plain prompt fusion": lambda base: get_peft_model(
         base, MedSAConfig.from_preset("paper", hyper_prompt_mode="add")
     ),
 }
-VOLUME_METHODS = {"Med-SA paper + SD-Trans": MEDSA_DEPTH, "Med-SA paper, slice-wise": partial(build, "Med-SA paper")}
+VOLUME_METHODS = {
+    "Med-SA paper + SD-Trans": MEDSA_DEPTH,
+    "Med-SA paper, slice-wise": partial(build, "Med-SA paper"),
+}
 
 
-def run_one(base: SamModel, build: Callable, task: str, prompt: str, seed: int, args: argparse.Namespace, depth: int | None) -> dict[str, Any]:
+def run_one(
+    base: SamModel,
+    build: Callable,
+    task: str,
+    prompt: str,
+    seed: int,
+    args: argparse.Namespace,
+    depth: int | None,
+) -> dict[str, Any]:
     """Train one method for the budget, then score it per case on the test split."""
     torch.manual_seed(seed)
     started = time.time()
     model = build(copy.deepcopy(base))
     spec = resolve_task(task)
     training_args = MedSATrainingArguments(
-        output_dir=str(args.scratch), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=8, learning_rate=args.learning_rate, warmup_steps=args.steps // 10,
-        save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True, seed=seed, disable_tqdm=True,
+        output_dir=str(args.scratch),
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=8,
+        learning_rate=args.learning_rate,
+        warmup_steps=args.steps // 10,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=seed,
+        disable_tqdm=True,
         logging_steps=max(args.steps, 1),
     )
     test_set = evaluation_set(
         TaskArguments(task=task, depth=depth, max_eval_samples=args.max_test_samples, streaming=False),
-        base.config, "test", prompt,
+        base.config,
+        "test",
+        prompt,
     )
     aggregator = MetricAggregator(spec.labels)
     trained = model if model is not None else base
     train_set = None
     if model is not None:
-        train_args = TaskArguments(task=task, train_prompt=prompt, prompt_seed=seed, depth=depth, streaming=False)
+        train_args = TaskArguments(
+            task=task, train_prompt=prompt, prompt_seed=seed, depth=depth, streaming=False
+        )
         train_set = training_set(train_args, base.config, shuffle_seed=seed)
-    trainer = make_trainer(trained, training_args, test_set, spec.labels, train_set=train_set, aggregator=aggregator)
+    trainer = make_trainer(
+        trained, training_args, test_set, spec.labels, train_set=train_set, aggregator=aggregator
+    )
     if model is not None:
         trainer.train()
     metrics = trainer.evaluate()
     trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad) if model is not None else 0
     return {
-        "seed": seed, "prompt": prompt, "dice": metrics["eval_dice"], "hd95": metrics["eval_hd95"],
-        "per_case": aggregator.per_case(), "trainable_parameters": trainable, "seconds": round(time.time() - started, 1),
+        "seed": seed,
+        "prompt": prompt,
+        "dice": metrics["eval_dice"],
+        "hd95": metrics["eval_hd95"],
+        "per_case": aggregator.per_case(),
+        "trainable_parameters": trainable,
+        "seconds": round(time.time() - started, 1),
     }
 
 
@@ -99,7 +132,9 @@ def summarise(records: list[dict[str, Any]], methods: list[str], prompts: list[s
     return "\n".join(lines)
 
 
-def per_case(records: list[dict[str, Any]], methods: list[str], prompt: str, class_names: dict[int, str]) -> str:
+def per_case(
+    records: list[dict[str, Any]], methods: list[str], prompt: str, class_names: dict[int, str]
+) -> str:
     """Markdown: Dice per test case and class (mean +- std over seeds) for one prompt."""
     runs = [r for r in records if r["prompt"] == prompt]
     targets = sorted({(c["case_id"], c["class_id"]) for r in runs for c in r["per_case"]})
@@ -108,8 +143,13 @@ def per_case(records: list[dict[str, Any]], methods: list[str], prompt: str, cla
     for method in methods:
         cells = []
         for case, class_id in targets:
-            dice = [c["dice"] for r in runs if r["method"] == method for c in r["per_case"]
-                    if (c["case_id"], c["class_id"]) == (case, class_id)]
+            dice = [
+                c["dice"]
+                for r in runs
+                if r["method"] == method
+                for c in r["per_case"]
+                if (c["case_id"], c["class_id"]) == (case, class_id)
+            ]
             cells.append(_mean_std(dice, 3))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -121,13 +161,20 @@ def report(record: dict[str, Any]) -> None:
     seeds = len({r["seed"] for r in runs})
     for task, methods, title in (
         ("demo-2d", list(METHODS), f"2-D: demo-2d test cases ({seeds} seed(s), {steps['steps']} steps)"),
-        ("demo-3d", list(VOLUME_METHODS), f"3-D: demo-3d test volumes, chunks of 4 slices ({steps['volume_steps']} steps)"),
+        (
+            "demo-3d",
+            list(VOLUME_METHODS),
+            f"3-D: demo-3d test volumes, chunks of 4 slices ({steps['volume_steps']} steps)",
+        ),
     ):
         task_runs = [r for r in runs if r["task"] == task]
         prompts = [p for p in PROMPTS if any(r["prompt"] == p for r in task_runs)]
         print(f"\n## {title}\n\n" + summarise(task_runs, methods, prompts))
         for prompt in prompts:
-            print(f"\nDice per test case, {prompt}:\n\n" + per_case(task_runs, methods, prompt, resolve_task(task).labels))
+            print(
+                f"\nDice per test case, {prompt}:\n\n"
+                + per_case(task_runs, methods, prompt, resolve_task(task).labels)
+            )
     print(f"\nwall time: {record['wall_time_s']} s")
 
 
@@ -140,8 +187,12 @@ def _mean_std(values: list[float], digits: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", default=str(REPO / "models" / "sam-small-synthetic"), help="the SAM to adapt")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--base", default=str(REPO / "models" / "sam-small-synthetic"), help="the SAM to adapt"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, BBox 0.75, few steps")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=120)
@@ -150,14 +201,22 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--max-test-samples", type=int, default=None)
     parser.add_argument("--output", type=Path, default=Path("runs/replication.json"))
-    parser.add_argument("--report", type=Path, help="only print the tables of a record written by an earlier run")
+    parser.add_argument(
+        "--report", type=Path, help="only print the tables of a record written by an earlier run"
+    )
     args = parser.parse_args()
     if args.report:
         report(json.loads(args.report.read_text()))
         return
     prompts = list(PROMPTS)
     if args.quick:
-        args.seeds, prompts, args.steps, args.volume_steps, args.max_test_samples = [0], ["bbox-0.75"], 15, 6, 12
+        args.seeds, prompts, args.steps, args.volume_steps, args.max_test_samples = (
+            [0],
+            ["bbox-0.75"],
+            15,
+            6,
+            12,
+        )
     args.scratch = args.output.parent / "replication-scratch"
     torch.set_num_threads(2)
     base = SamModel.from_pretrained(args.base).eval()
@@ -166,12 +225,24 @@ def main() -> None:
     for method, adapt in METHODS.items():
         for prompt in prompts:
             for seed in args.seeds:
-                records.append({"task": "demo-2d", "method": method, **run_one(base, adapt, "demo-2d", prompt, seed, args, None)})
+                records.append(
+                    {
+                        "task": "demo-2d",
+                        "method": method,
+                        **run_one(base, adapt, "demo-2d", prompt, seed, args, None),
+                    }
+                )
                 print(json.dumps({k: v for k, v in records[-1].items() if k != "per_case"}), flush=True)
     volume_args = argparse.Namespace(**{**vars(args), "steps": args.volume_steps})
     for method, adapt in VOLUME_METHODS.items():
         for seed in args.seeds:
-            records.append({"task": "demo-3d", "method": method, **run_one(base, adapt, "demo-3d", "bbox-0.75", seed, volume_args, depth=4)})
+            records.append(
+                {
+                    "task": "demo-3d",
+                    "method": method,
+                    **run_one(base, adapt, "demo-3d", "bbox-0.75", seed, volume_args, depth=4),
+                }
+            )
             print(json.dumps({k: v for k, v in records[-1].items() if k != "per_case"}), flush=True)
     record = {"base": args.base, "arguments": {k: str(v) for k, v in vars(args).items()}, "runs": records}
     record["wall_time_s"] = round(time.time() - started, 1)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -84,20 +85,24 @@ def training_step(profile: Profile, method: str, checkpointing: bool) -> tuple[C
     return step, sum(p.numel() for p in parameters)
 
 
-def ratios(rows: list[dict[str, Any]]) -> dict[str, Optional[float]]:
+def ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     """The issue's targets, from figures of this run."""
 
-    def figure(method: str, checkpointing: bool, key: str) -> Optional[float]:
-        row = next((r for r in rows if r["method"] == method and r["gradient_checkpointing"] == checkpointing), None)
+    def figure(method: str, checkpointing: bool, key: str) -> float | None:
+        row = next(
+            (r for r in rows if r["method"] == method and r["gradient_checkpointing"] == checkpointing), None
+        )
         return row[key] if row else None
 
-    def ratio(numerator: Optional[float], denominator: Optional[float]) -> Optional[float]:
+    def ratio(numerator: float | None, denominator: float | None) -> float | None:
         return numerator / denominator if numerator is not None and denominator else None
 
     paper, lora, full = "Med-SA paper", "LoRA r=4 + decoder", "full fine-tuning"
     return {
         "paper_step_vs_lora": ratio(figure(paper, False, "step_s"), figure(lora, False, "step_s")),
-        "paper_memory_vs_full": ratio(figure(paper, False, "training_mb"), figure(full, False, "training_mb")),
+        "paper_memory_vs_full": ratio(
+            figure(paper, False, "training_mb"), figure(full, False, "training_mb")
+        ),
         "paper_checkpointed_memory_vs_full": ratio(
             figure(paper, True, "training_mb"), figure(full, False, "training_mb")
         ),
@@ -115,20 +120,26 @@ TARGETS = {
 }
 
 
-def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_profile_arguments(parser, repeats=3)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD")
+    parser.add_argument(
+        "--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD"
+    )
     parser.add_argument("--checkpointing", nargs="*", default=CHECKPOINTED, choices=list(METHODS), metavar="METHOD",
                         help="methods also measured with gradient checkpointing")  # fmt: skip
     args = parser.parse_args(argv)
     profile = Profile.from_args(args)
     variants = [(m, c) for m in args.methods for c in (False, True) if not c or m in args.checkpointing]
-    rows = [run_isolated(measure_memory, profile, method, checkpointing) for method, checkpointing in variants]
+    rows = [
+        run_isolated(measure_memory, profile, method, checkpointing) for method, checkpointing in variants
+    ]
     # Step times: every variant in this process, interleaved, so that the load of a shared machine hits all alike.
     profile.setup()
     steps = {variant: training_step(profile, *variant)[0] for variant in variants}
-    for row, step_s in zip(rows, median_times(steps, profile).values()):
+    for row, step_s in zip(rows, median_times(steps, profile).values(), strict=False):
         row["step_s"] = step_s
     memory = "peak GPU memory (MiB)" if profile.device == "cuda" else "peak RSS - process start (MiB)"
     table = markdown(

@@ -19,17 +19,22 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from transformers import SamModel  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from PIL import Image
+from transformers import SamModel
 
-from peft_medsa.data import SamDataCollator, resolve_task  # noqa: E402
-from peft_medsa.predict import Prompt, write_overlay  # noqa: E402
-from peft_medsa.training import select_masks  # noqa: E402
-from peft_medsa.training.arguments import MedSAArguments, MedSATrainingArguments, ModelArguments, TaskArguments  # noqa: E402
-from peft_medsa.training.run import box_baseline, evaluation_set, make_trainer, train  # noqa: E402
+from peft_medsa.data import SamDataCollator, resolve_task
+from peft_medsa.predict import Prompt, write_overlay
+from peft_medsa.training import select_masks
+from peft_medsa.training.arguments import (
+    MedSAArguments,
+    MedSATrainingArguments,
+    ModelArguments,
+    TaskArguments,
+)
+from peft_medsa.training.run import box_baseline, evaluation_set, make_trainer, train
 
 TASK, PROMPT = "demo-2d", "box"
 # The small SAM pretrained here on synthetic shapes (models/sam-small-synthetic/README.md): no SAM checkpoint can
@@ -38,7 +43,9 @@ SMALL_BASE = Path(__file__).resolve().parents[1] / "models" / "sam-small-synthet
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=str(SMALL_BASE), help="SAM checkpoint (Hub id or folder)")
     parser.add_argument("--output", type=Path, default=Path("runs/demo"))
     parser.add_argument("--max_steps", type=int, default=150)
@@ -54,13 +61,27 @@ def main() -> None:
     model_path = args.model
 
     spec = resolve_task(TASK)
-    task_args = TaskArguments(task=TASK, train_prompt=PROMPT, eval_prompt=PROMPT, streaming=False)  # small: load it
+    task_args = TaskArguments(
+        task=TASK, train_prompt=PROMPT, eval_prompt=PROMPT, streaming=False
+    )  # small: load it
     training_args = MedSATrainingArguments(
-        output_dir=str(args.output / "adapter"), max_steps=args.max_steps,
-        per_device_train_batch_size=4, per_device_eval_batch_size=8, learning_rate=args.learning_rate, warmup_steps=20,
-        eval_strategy="steps", eval_steps=max(args.max_steps // 6, 1), save_strategy="steps",
-        save_steps=max(args.max_steps // 6, 1), save_total_limit=2, load_best_model_at_end=True, logging_steps=10,
-        report_to=[], use_cpu=not torch.cuda.is_available(), seed=0, disable_tqdm=True,
+        output_dir=str(args.output / "adapter"),
+        max_steps=args.max_steps,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=8,
+        learning_rate=args.learning_rate,
+        warmup_steps=20,
+        eval_strategy="steps",
+        eval_steps=max(args.max_steps // 6, 1),
+        save_strategy="steps",
+        save_steps=max(args.max_steps // 6, 1),
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        logging_steps=10,
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        seed=0,
+        disable_tqdm=True,
     )
 
     base = SamModel.from_pretrained(model_path)
@@ -72,18 +93,31 @@ def main() -> None:
     after = train(ModelArguments(model_path), task_args, medsa_args, training_args)
 
     report = {
-        "task": TASK, "prompt": PROMPT, "base_model": model_path, "eval_examples": len(eval_set),
-        "zero_shot": _quality(before), "box_baseline": box, "medsa_paper": _quality(after),
+        "task": TASK,
+        "prompt": PROMPT,
+        "base_model": model_path,
+        "eval_examples": len(eval_set),
+        "zero_shot": _quality(before),
+        "box_baseline": box,
+        "medsa_paper": _quality(after),
         "wall_time_s": round(time.time() - started, 1),
     }
     (args.output / "metrics.json").write_text(json.dumps(report, indent=2))
     plot_learning_curve(args.output / "adapter" / "trainer_state.json", args.output / "learning_curve.png")
     write_overlays(args.output / "adapter", model_path, eval_set, args.output / "overlays")
-    print(json.dumps({k: report[k] for k in ("zero_shot", "box_baseline", "medsa_paper", "wall_time_s")}, indent=2))
+    print(
+        json.dumps(
+            {k: report[k] for k in ("zero_shot", "box_baseline", "medsa_paper", "wall_time_s")}, indent=2
+        )
+    )
 
 
 def _quality(metrics: dict[str, float]) -> dict[str, float]:
-    return {k.removeprefix("eval_"): v for k, v in metrics.items() if k.removeprefix("eval_") in ("dice", "iou", "hd95", "nsd")}
+    return {
+        k.removeprefix("eval_"): v
+        for k, v in metrics.items()
+        if k.removeprefix("eval_") in ("dice", "iou", "hd95", "nsd")
+    }
 
 
 def plot_learning_curve(state_file: Path, output: Path) -> None:
@@ -95,7 +129,7 @@ def plot_learning_curve(state_file: Path, output: Path) -> None:
         if "eval_dice" in entry:
             dice.setdefault(entry["step"], entry["eval_dice"])
     figure, loss_axis = plt.subplots(figsize=(6, 3.5))
-    loss_axis.plot(*zip(*train), color="tab:blue", label="training loss")
+    loss_axis.plot(*zip(*train, strict=False), color="tab:blue", label="training loss")
     loss_axis.set_xlabel("step")
     loss_axis.set_ylabel("loss (Dice + BCE)", color="tab:blue")
     dice_axis = loss_axis.twinx()
@@ -106,7 +140,9 @@ def plot_learning_curve(state_file: Path, output: Path) -> None:
     plt.close(figure)
 
 
-def write_overlays(adapter: Path, model_path: str, examples: list[dict], folder: Path, count: int = 4) -> None:
+def write_overlays(
+    adapter: Path, model_path: str, examples: list[dict], folder: Path, count: int = 4
+) -> None:
     """Image, target outline (green), box prompt (yellow) and predicted mask (red, tinted) for validation examples."""
     from peft import PeftModel
 

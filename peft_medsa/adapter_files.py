@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from huggingface_hub import hf_hub_download
@@ -11,7 +11,7 @@ from peft.utils import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 from safetensors import SafetensorError, safe_open
 
 
-def check_adapter_file(model_id: str, subfolder: Optional[str] = None, **hub_kwargs: Any) -> None:
+def check_adapter_file(model_id: str, subfolder: str | None = None, **hub_kwargs: Any) -> None:
     """Raise a clear error if the adapter at `model_id` is pickled, truncated or corrupted.
 
     Local folders are checked in place; for a Hub repository the file is fetched into the Hub cache (where peft

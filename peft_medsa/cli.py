@@ -11,7 +11,6 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Optional
 
 EPILOG = "Prompts are in the input's pixel frame: x = column, y = row. See `medsa COMMAND --help`."
 
@@ -20,7 +19,7 @@ class UsageError(Exception):
     """A mistake in the command line or its files, reported as one line."""
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     if argv[:1] == ["train"]:  # the Trainer's own (long) argument list: see `medsa train --help`
@@ -49,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--depth", type=int, help="volumes: SD-Trans chunks of this many slices")
     evaluate.add_argument("--max-samples", type=int)
     evaluate.add_argument("--batch-size", type=int, default=8)
-    evaluate.add_argument("--box-baseline", action="store_true", help="also score the prompt box itself as the mask")
+    evaluate.add_argument(
+        "--box-baseline", action="store_true", help="also score the prompt box itself as the mask"
+    )
     evaluate.add_argument("--output", type=Path, help="write the metrics as JSON here")
     evaluate.add_argument("--overwrite", action="store_true")
     evaluate.set_defaults(handler=_evaluate)
@@ -63,12 +64,30 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("input", type=Path, help="image (.png .jpg .dcm) or volume (.nii .nii.gz .nrrd)")
     predict.add_argument("--model", required=True, help="SAM checkpoint: Hub id or folder")
     predict.add_argument("--adapter", help="Med-SA adapter folder or Hub id (omit: the bare SAM)")
-    predict.add_argument("--point", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"), help="positive click (repeatable)")
-    predict.add_argument("--negative-point", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"), help="negative click")
+    predict.add_argument(
+        "--point",
+        nargs=2,
+        type=float,
+        action="append",
+        default=[],
+        metavar=("X", "Y"),
+        help="positive click (repeatable)",
+    )
+    predict.add_argument(
+        "--negative-point",
+        nargs=2,
+        type=float,
+        action="append",
+        default=[],
+        metavar=("X", "Y"),
+        help="negative click",
+    )
     predict.add_argument("--box", nargs=4, type=float, metavar=("X1", "Y1", "X2", "Y2"))
     predict.add_argument("--slices", help="volumes: slice range for --point/--box, e.g. 10:20 (default: all)")
     predict.add_argument("--boxes-file", type=Path, help='volumes: JSON {"slice": [x1, y1, x2, y2], ...}')
-    predict.add_argument("--depth", type=int, default=8, help="volumes with an SD-Trans adapter: slices per chunk")
+    predict.add_argument(
+        "--depth", type=int, default=8, help="volumes with an SD-Trans adapter: slices per chunk"
+    )
     predict.add_argument("--output", type=Path, required=True, help="mask file, same format as the input")
     predict.add_argument("--overlay", type=Path, help="overlay PNG (default: OUTPUT with .overlay.png)")
     predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -83,7 +102,9 @@ def _run(command) -> int:
     logging.set_verbosity_error()  # keep stderr for what went wrong; the Trainer's progress stays
     logging.disable_progress_bar()  # per-file bars of weight loading
     try:
-        with warnings.catch_warnings():  # the libraries' deprecation notices are for developers, not this stderr
+        with (
+            warnings.catch_warnings()
+        ):  # the libraries' deprecation notices are for developers, not this stderr
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             command()
@@ -97,7 +118,9 @@ def _run(command) -> int:
 def _refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
     existing = [str(p) for p in paths if p is not None and p.exists()]
     if existing and not overwrite:
-        raise UsageError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace, or choose another --output.")
+        raise UsageError(
+            f"{', '.join(existing)} already exist(s); pass --overwrite to replace, or choose another --output."
+        )
 
 
 def _train(argv: list[str]) -> None:
@@ -109,7 +132,9 @@ def _train(argv: list[str]) -> None:
     model_args, task_args, medsa_args, training_args = parse_arguments(argv)
     adapter = Path(training_args.output_dir) / "adapter_model.safetensors"
     if adapter.exists() and not training_args.resume_from_checkpoint:
-        raise UsageError(f"{training_args.output_dir} already holds an adapter; choose another --output_dir, or resume with --resume_from_checkpoint.")
+        raise UsageError(
+            f"{training_args.output_dir} already holds an adapter; choose another --output_dir, or resume with --resume_from_checkpoint."
+        )
     print(json.dumps(train(model_args, task_args, medsa_args, training_args), indent=2))
 
 
@@ -125,16 +150,30 @@ def _evaluate(args: argparse.Namespace) -> None:
     spec = resolve_task(args.task)
     model = load_model(args.model, args.adapter)
     task_args = TaskArguments(
-        task=args.task, data_dir=args.data_dir, eval_prompt=args.prompt, prompt_seed=args.prompt_seed,
-        depth=args.depth, max_eval_samples=args.max_samples,
+        task=args.task,
+        data_dir=args.data_dir,
+        eval_prompt=args.prompt,
+        prompt_seed=args.prompt_seed,
+        depth=args.depth,
+        max_eval_samples=args.max_samples,
     )
     examples = evaluation_set(task_args, model.config, args.split, args.prompt)
     if not examples:
         raise UsageError(f"Task {spec.name!r} has no examples in split {args.split!r}.")
     with tempfile.TemporaryDirectory() as scratch:
-        training_args = MedSATrainingArguments(output_dir=scratch, per_device_eval_batch_size=args.batch_size, report_to=[], disable_tqdm=False)
-        metrics = make_trainer(model, training_args, examples, spec.labels).evaluate(metric_key_prefix=args.split)
-    report = {"task": spec.name, "split": args.split, "prompt": args.prompt, "examples": len(examples), "metrics": metrics}
+        training_args = MedSATrainingArguments(
+            output_dir=scratch, per_device_eval_batch_size=args.batch_size, report_to=[], disable_tqdm=False
+        )
+        metrics = make_trainer(model, training_args, examples, spec.labels).evaluate(
+            metric_key_prefix=args.split
+        )
+    report = {
+        "task": spec.name,
+        "split": args.split,
+        "prompt": args.prompt,
+        "examples": len(examples),
+        "metrics": metrics,
+    }
     if args.box_baseline:
         report["box_baseline"] = box_baseline(examples, spec.labels, model.config.vision_config.image_size)
     text = json.dumps(report, indent=2)
@@ -166,17 +205,27 @@ def _prompts(args: argparse.Namespace) -> dict:
         if not args.boxes_file.exists():
             raise UsageError(f"No boxes file at {args.boxes_file}.")
         return read_boxes_file(args.boxes_file)
-    prompt = Prompt([tuple(p) for p in args.point], [tuple(p) for p in args.negative_point], tuple(args.box) if args.box else None)
+    prompt = Prompt(
+        [tuple(p) for p in args.point],
+        [tuple(p) for p in args.negative_point],
+        tuple(args.box) if args.box else None,
+    )
     if not (prompt.points or prompt.box):
-        raise UsageError("Give a prompt: --point X Y (repeatable), --box X1 Y1 X2 Y2, or --boxes-file for a volume.")
+        raise UsageError(
+            "Give a prompt: --point X Y (repeatable), --box X1 Y1 X2 Y2, or --boxes-file for a volume."
+        )
     if args.slices is None:
-        return {0: prompt} if not _is_volume(args.input) else {k: prompt for k in range(_num_slices(args.input))}
+        return (
+            {0: prompt}
+            if not _is_volume(args.input)
+            else dict.fromkeys(range(_num_slices(args.input)), prompt)
+        )
     start, _, stop = args.slices.partition(":")
     try:
         indices = range(int(start), int(stop) if stop else int(start) + 1)
     except ValueError:
         raise UsageError(f"--slices takes START:STOP (e.g. 10:20), got {args.slices!r}.") from None
-    return {k: prompt for k in indices}
+    return dict.fromkeys(indices, prompt)
 
 
 def _is_volume(path: Path) -> bool:

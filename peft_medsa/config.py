@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from peft.config import PeftConfig
 
@@ -41,19 +41,25 @@ class MedSAConfig(PeftConfig):
     Every SAM weight stays frozen; only the adapters (and `modules_to_save`) train.
     """
 
-    preset: Optional[str] = field(
+    preset: str | None = field(
         default="paper",
-        metadata={"help": "Name of the preset these values came from (informational; see `MedSAConfig.from_preset`)."},
+        metadata={
+            "help": "Name of the preset these values came from (informational; see `MedSAConfig.from_preset`)."
+        },
     )
     adapter_ratio: float = field(
         default=0.25,
-        metadata={"help": "Bottleneck width as a fraction of the block width (0.25: ViT-B 768 -> 192 -> 768)."},
+        metadata={
+            "help": "Bottleneck width as a fraction of the block width (0.25: ViT-B 768 -> 192 -> 768)."
+        },
     )
     activation: Literal["gelu", "relu"] = field(
-        default="relu", metadata={"help": "Bottleneck activation: the paper says ReLU, the authors' code uses GELU."}
+        default="relu",
+        metadata={"help": "Bottleneck activation: the paper says ReLU, the authors' code uses GELU."},
     )
     mlp_scale: float = field(
-        default=0.5, metadata={"help": "Scale s of the encoder's MLP adapter: y = h + MLP(LN(h)) + s * Adapter(LN(h))."}
+        default=0.5,
+        metadata={"help": "Scale s of the encoder's MLP adapter: y = h + MLP(LN(h)) + s * Adapter(LN(h))."},
     )
     depth_attention: bool = field(
         default=False,
@@ -65,7 +71,9 @@ class MedSAConfig(PeftConfig):
     )
     decoder_adapters: bool = field(
         default=True,
-        metadata={"help": "Adapters in the mask decoder's two-way blocks (parallel to the MLP, after cross-attention)."},
+        metadata={
+            "help": "Adapters in the mask decoder's two-way blocks (parallel to the MLP, after cross-attention)."
+        },
     )
     hyper_prompt: bool = field(
         default=True,
@@ -88,15 +96,17 @@ class MedSAConfig(PeftConfig):
             "'linear-default': PyTorch's default Linear init everywhere, as in the authors' code (not the identity)."
         },
     )
-    layers_to_transform: Optional[list[int]] = field(
+    layers_to_transform: list[int] | None = field(
         default=None,
-        metadata={"help": "Indices of the image-encoder blocks to adapt (default: all, windowed and global)."},
+        metadata={
+            "help": "Indices of the image-encoder blocks to adapt (default: all, windowed and global)."
+        },
     )
-    modules_to_save: Optional[list[str]] = field(
+    modules_to_save: list[str] | None = field(
         default=None,
         metadata={"help": "Base modules trained in full and saved with the adapter, e.g. ['mask_decoder']."},
     )
-    target_modules: Optional[Union[list[str], str]] = field(
+    target_modules: list[str] | str | None = field(
         default=None,
         init=False,
         metadata={"help": "Derived from the fields above (regex of the adapted blocks); not set by hand."},
@@ -110,7 +120,9 @@ class MedSAConfig(PeftConfig):
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}.")
         if self.hyper_prompt_mode not in HYPER_PROMPT_MODES:
-            raise ValueError(f"hyper_prompt_mode must be one of {HYPER_PROMPT_MODES}, got {self.hyper_prompt_mode!r}.")
+            raise ValueError(
+                f"hyper_prompt_mode must be one of {HYPER_PROMPT_MODES}, got {self.hyper_prompt_mode!r}."
+            )
         if self.init_weights not in INIT_WEIGHTS:
             raise ValueError(f"init_weights must be one of {INIT_WEIGHTS}, got {self.init_weights!r}.")
         if self.hyper_prompt and not self.decoder_adapters:
@@ -118,13 +130,17 @@ class MedSAConfig(PeftConfig):
                 "hyper_prompt=True needs decoder_adapters=True: HyP-Adpt is one of the decoder adapters. "
                 "Set decoder_adapters=True, or hyper_prompt=False."
             )
-        if self.decoder_adapters and any(m.split(".")[-1] == "mask_decoder" for m in self.modules_to_save or []):
+        if self.decoder_adapters and any(
+            m.split(".")[-1] == "mask_decoder" for m in self.modules_to_save or []
+        ):
             raise ValueError(
                 "decoder_adapters=True together with modules_to_save=['mask_decoder'] would adapt a decoder that is "
                 "also trained in full. Use the 'official-code' preset (decoder_adapters=False) to train the decoder."
             )
         if self.layers_to_transform is not None and any(i < 0 for i in self.layers_to_transform):
-            raise ValueError(f"layers_to_transform must hold block indices >= 0, got {self.layers_to_transform}.")
+            raise ValueError(
+                f"layers_to_transform must hold block indices >= 0, got {self.layers_to_transform}."
+            )
         self.target_modules = self._target_regex()
 
     def _target_regex(self) -> str:
@@ -135,7 +151,7 @@ class MedSAConfig(PeftConfig):
         return rf"(.*\.)?({'|'.join(targets)})"
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "MedSAConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> MedSAConfig:
         """Build the named preset ('paper', 'official-code', 'encoder-only'), with field overrides."""
         if name not in PRESETS:
             raise ValueError(f"Unknown Med-SA preset {name!r}. Choose one of {sorted(PRESETS)}.")
@@ -143,8 +159,8 @@ class MedSAConfig(PeftConfig):
 
     @classmethod
     def from_pretrained(
-        cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs: Any
-    ) -> "MedSAConfig":
+        cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any
+    ) -> MedSAConfig:
         """Load the config and check the adapter file next to it (peft calls this before loading the weights)."""
         config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         hub_kwargs, _, _ = cls._split_kwargs(kwargs)

@@ -6,7 +6,7 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from peft import PeftModel
@@ -26,8 +26,8 @@ def build_model_card(
     eval_prompt: str,
     limits: str,
     training_config: Mapping[str, Any],
-    repo_id: Optional[str] = None,
-    dataset_id: Optional[str] = None,
+    repo_id: str | None = None,
+    dataset_id: str | None = None,
     nsd_tolerance: float = 1.0,
     adapter_name: str = "default",
     template_path: Path = DEFAULT_TEMPLATE,
@@ -50,7 +50,7 @@ def build_model_card(
         library_name="peft",
         base_model=config.base_model_name_or_path,
         pipeline_tag="mask-generation",
-        tags=TAGS + [f"medsa-{config.preset}"],
+        tags=[*TAGS, f"medsa-{config.preset}"],
         datasets=[dataset_id] if dataset_id else None,
         model_name=model_name,
         eval_results=[
@@ -73,7 +73,9 @@ def build_model_card(
         template_path=str(template_path),
         model_name=model_name,
         base_model=base_model,
-        base_model_link=f"https://huggingface.co/{base_model}" if "/" in base_model and not Path(base_model).exists() else "#",
+        base_model_link=f"https://huggingface.co/{base_model}"
+        if "/" in base_model and not Path(base_model).exists()
+        else "#",
         task_name=task_name,
         dataset_id=dataset_id,
         trainable_parameters=f"{trainable:,}",
@@ -82,7 +84,9 @@ def build_model_card(
         eval_split=eval_split,
         eval_prompt=eval_prompt,
         nsd_tolerance=nsd_tolerance,
-        results=[(key, f"{value:.4f}" if math.isfinite(value) else "undefined") for key, value in results.items()],
+        results=[
+            (key, f"{value:.4f}" if math.isfinite(value) else "undefined") for key, value in results.items()
+        ],
         adapter_config=json.dumps(config.to_dict(), indent=2, default=str),
         training_config=json.dumps(dict(training_config), indent=2, default=str),
         limits=limits,
@@ -98,7 +102,12 @@ def save_adapter_with_card(model: PeftModel, output_dir: Path, card: ModelCard) 
 
 
 def push_adapter_folder(
-    folder: Path, repo_id: str, *, token: Optional[str] = None, private: Optional[bool] = None, commit_message: str = "Upload Med-SA adapter"
+    folder: Path,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload Med-SA adapter",
 ) -> str:
     """Upload a folder written by `save_adapter_with_card` to the Hub (the adapter files only); returns the commit URL."""
     folder = Path(folder)
@@ -109,7 +118,10 @@ def push_adapter_folder(
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     commit = api.upload_folder(
-        folder_path=str(folder), repo_id=repo_id, allow_patterns=list(ADAPTER_FILES), commit_message=commit_message
+        folder_path=str(folder),
+        repo_id=repo_id,
+        allow_patterns=list(ADAPTER_FILES),
+        commit_message=commit_message,
     )
     return str(commit)
 

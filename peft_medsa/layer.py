@@ -11,7 +11,7 @@ adapter name, each value a leaf `nn.Linear`, so that saved keys never contain th
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,7 @@ class MedSALayer(BaseTunerLayer):
         """The active adapters that have the bottleneck `name` in this layer."""
         return [a for a in self.active_adapters if self._has(name, a)]
 
-    def _sum_of(self, name: str, x: torch.Tensor) -> Optional[torch.Tensor]:
+    def _sum_of(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
         """Sum over the active adapters of bottleneck `name` applied to `x` (None when none is active)."""
         outputs = [self._bottleneck(name, a, x) for a in self._active(name)]
         return sum(outputs[1:], outputs[0]) if outputs else None
@@ -95,7 +95,7 @@ class MedSALayer(BaseTunerLayer):
         parameter = next(base_layer.parameters())
         return parameter.device, parameter.dtype
 
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         raise ValueError(_NOT_MERGEABLE)
 
     def unmerge(self) -> None:
@@ -214,7 +214,9 @@ class MedSAVisionLayer(GradientCheckpointingLayer, MedSALayer):
         bias = None
         if attn.use_rel_pos:
             flat_query = query.reshape(batch * heads, height * width, -1)
-            bias = attn.get_decomposed_rel_pos(flat_query, attn.rel_pos_h, attn.rel_pos_w, (height, width), (height, width))
+            bias = attn.get_decomposed_rel_pos(
+                flat_query, attn.rel_pos_h, attn.rel_pos_w, (height, width), (height, width)
+            )
             bias = bias.reshape(batch, heads, height * width, height * width).to(query.dtype)
         dropout = attn.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
@@ -248,13 +250,16 @@ class MedSADecoderLayer(nn.Module, MedSALayer):
     """
 
     adapter_names_in_layer = DECODER_ADAPTERS
-    adapter_layer_names = _projection_dicts(DECODER_ADAPTERS) + (
+    adapter_layer_names = (
+        *_projection_dicts(DECODER_ADAPTERS),
         "medsa_hyper_norm",
         "medsa_hypernet_in",
         "medsa_hypernet_out",
     )
 
-    def __init__(self, base_layer: nn.Module, adapter_name: str, config: MedSAConfig, num_output_tokens: int) -> None:
+    def __init__(
+        self, base_layer: nn.Module, adapter_name: str, config: MedSAConfig, num_output_tokens: int
+    ) -> None:
         super().__init__()
         self._init_medsa_state(base_layer)
         self.medsa_hyper_norm = nn.ModuleDict()
@@ -284,12 +289,14 @@ class MedSADecoderLayer(nn.Module, MedSALayer):
         keys: torch.Tensor,
         query_point_embedding: torch.Tensor,
         key_point_embedding: torch.Tensor,
-        attention_similarity: Optional[torch.Tensor] = None,
+        attention_similarity: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         base = self.base_layer
         if not self._uses_adapters():
-            return base(queries, keys, query_point_embedding, key_point_embedding, attention_similarity, **kwargs)
+            return base(
+                queries, keys, query_point_embedding, key_point_embedding, attention_similarity, **kwargs
+            )
 
         # Token self-attention, then HyP-Adpt. queries: (B, P, T, C); keys: (B*P, 1, HW, C).
         if base.skip_first_layer_pe:
@@ -304,9 +311,12 @@ class MedSADecoderLayer(nn.Module, MedSALayer):
 
         # Tokens attend to the image.
         query, key = queries + query_point_embedding, keys + key_point_embedding
-        queries = queries + base.cross_attn_token_to_image(
-            query=query, key=key, value=keys, attention_similarity=attention_similarity
-        )[0]
+        queries = (
+            queries
+            + base.cross_attn_token_to_image(
+                query=query, key=key, value=keys, attention_similarity=attention_similarity
+            )[0]
+        )
         queries = base.layer_norm2(queries)
 
         queries = base.layer_norm3(queries + self._mlp_with_adapters(base.mlp, queries))
@@ -343,7 +353,9 @@ class MedSADecoderLayer(nn.Module, MedSALayer):
         rank = features.shape[-1]
         return self.medsa_hypernet_out[adapter_name](features).reshape(*features.shape[:2], rank, rank)
 
-    def hyper_prompt_adapter(self, adapter_name: str, x: torch.Tensor, prompt_tokens: torch.Tensor) -> torch.Tensor:
+    def hyper_prompt_adapter(
+        self, adapter_name: str, x: torch.Tensor, prompt_tokens: torch.Tensor
+    ) -> torch.Tensor:
         """HyP-Adpt: `up(act(Norm(down(x) @ w(prompt))))`, w generated per sample. x: (B, P, T, C).
 
         The "add" ablation (plain prompt fusion) adds the projected prompt instead: `down(x) + W_p prompt`.

@@ -8,7 +8,7 @@ wrappers D (see `SliceContext`), so `model(...)` and `model.get_image_embeddings
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, ClassVar
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
@@ -37,7 +37,7 @@ class MedSAModel(BaseTuner):
 
     prefix: str = "medsa_"
     tuner_layer_cls = MedSALayer
-    target_module_mapping: dict[str, list[str]] = {}
+    target_module_mapping: ClassVar[dict[str, list[str]]] = {}
 
     def __init__(self, model: nn.Module, config: Any, adapter_name: str, **kwargs: Any) -> None:
         self.slice_context = SliceContext()
@@ -97,7 +97,9 @@ class MedSAModel(BaseTuner):
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
 
-    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+    def _replace_module(
+        self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module
+    ) -> None:
         # peft's default copies `child.weight`; a whole transformer block has none. Adapters are already on the
         # base block's device (see `MedSALayer._finish_update`).
         setattr(parent, child_name, new_module)
@@ -134,7 +136,9 @@ class MedSAModel(BaseTuner):
         kwargs["pixel_values"] = pixel_values
         return args, kwargs
 
-    def _flatten_volume_and_check_prompts(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def _flatten_volume_and_check_prompts(
+        self, module: nn.Module, args: tuple, kwargs: dict
+    ) -> tuple[tuple, dict]:
         """SamModel's entry: accept 4-D images or 5-D volumes, and check every prompt against the slice batch."""
         _, _, pixel_values = _pop_pixel_values(args, dict(kwargs))
         image_embeddings = kwargs.get("image_embeddings")
@@ -146,7 +150,9 @@ class MedSAModel(BaseTuner):
             batch, what = image_embeddings.shape[0], f"image_embeddings of batch {image_embeddings.shape[0]}"
         else:
             return args, kwargs
-        volume_batch = tuple(pixel_values.shape[:3:2]) if pixel_values is not None and pixel_values.ndim == 5 else None
+        volume_batch = (
+            tuple(pixel_values.shape[:3:2]) if pixel_values is not None and pixel_values.ndim == 5 else None
+        )
         for name, rank in PROMPT_RANKS.items():
             prompt = kwargs.get(name)
             if prompt is None:
@@ -176,7 +182,7 @@ _PROMPT_SHAPES = {
 }
 
 
-def _pop_pixel_values(args: tuple, kwargs: dict) -> tuple[tuple, dict, Optional[torch.Tensor]]:
+def _pop_pixel_values(args: tuple, kwargs: dict) -> tuple[tuple, dict, torch.Tensor | None]:
     """`pixel_values` may come first positionally or by keyword; return it and the call without it."""
     if args and isinstance(args[0], torch.Tensor):
         return args[1:], kwargs, args[0]

@@ -10,7 +10,6 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import nibabel as nib
 import numpy as np
@@ -34,13 +33,17 @@ class Prompt:
 
     points: list[tuple[float, float]] = field(default_factory=list)
     negative_points: list[tuple[float, float]] = field(default_factory=list)
-    box: Optional[tuple[float, float, float, float]] = None
+    box: tuple[float, float, float, float] | None = None
 
     def check_inside(self, height: int, width: int, where: str) -> None:
-        coordinates = [*self.points, *self.negative_points] + ([self.box[:2], self.box[2:]] if self.box else [])
+        coordinates = [*self.points, *self.negative_points] + (
+            [self.box[:2], self.box[2:]] if self.box else []
+        )
         outside = [c for c in coordinates if not (0 <= c[0] < width and 0 <= c[1] < height)]
         if outside:
-            raise ValueError(f"{where}: prompt coordinates {outside} lie outside the image ({width} x {height} px, x < {width}, y < {height}).")
+            raise ValueError(
+                f"{where}: prompt coordinates {outside} lie outside the image ({width} x {height} px, x < {width}, y < {height})."
+            )
         if self.box and (self.box[2] <= self.box[0] or self.box[3] <= self.box[1]):
             raise ValueError(f"{where}: the box {self.box} must have x1 < x2 and y1 < y2.")
 
@@ -51,23 +54,27 @@ def read_boxes_file(path: Path) -> dict[int, Prompt]:
         boxes = json.loads(Path(path).read_text())
         return {int(index): Prompt(box=tuple(float(v) for v in box)) for index, box in boxes.items()}
     except (ValueError, TypeError, AttributeError) as error:
-        raise ValueError(f"{path}: expected JSON like {{\"12\": [x1, y1, x2, y2]}}, one box per slice ({error}).") from None
+        raise ValueError(
+            f'{path}: expected JSON like {{"12": [x1, y1, x2, y2]}}, one box per slice ({error}).'
+        ) from None
 
 
 class Segmenter:
     """Runs a (Med-SA adapted) SamModel on raw 2-D slices with prompts in their own pixel frame."""
 
-    def __init__(self, model: torch.nn.Module, intensity: IntensityPolicy = IntensityPolicy("percentile")):
+    def __init__(self, model: torch.nn.Module, intensity: IntensityPolicy | None = None):
         self.model = model.eval()
         vision = model.config.vision_config
         self.image_size = vision.image_size
         self.preprocessor = SamPreprocessor(self.image_size, 4 * (self.image_size // vision.patch_size))
-        self.intensity = intensity
+        self.intensity = intensity or IntensityPolicy("percentile")
         peft_config = getattr(model, "peft_config", {}).get("default")
         self.depth_attention = bool(peft_config and peft_config.depth_attention)
 
     @torch.no_grad()
-    def __call__(self, slices: Sequence[np.ndarray], prompts: Sequence[Prompt], reference: Optional[np.ndarray] = None) -> np.ndarray:
+    def __call__(
+        self, slices: Sequence[np.ndarray], prompts: Sequence[Prompt], reference: np.ndarray | None = None
+    ) -> np.ndarray:
         """Binary masks (n, H, W) for n slices of one size. With a depth adapter, the slices are consecutive
         slices of one volume and run through SD-Trans together; otherwise each is a 2-D image."""
         images = [to_rgb(to_uint8(s, self.intensity, reference)) for s in slices]
@@ -82,7 +89,9 @@ class Segmenter:
         best = outputs.iou_scores[:, 0].argmax(dim=-1)  # (n,)
         logits = outputs.pred_masks[torch.arange(len(slices)), 0, best]  # (n, h, w)
         masks = self.preprocessor.image_processor.post_process_masks(  # unpad, resize to the input's size
-            logits[:, None, None], [processed.original_size] * len(slices), [processed.reshaped_size] * len(slices)
+            logits[:, None, None],
+            [processed.original_size] * len(slices),
+            [processed.reshaped_size] * len(slices),
         )
         return np.stack([m[0, 0].numpy() for m in masks])  # (n, H, W) bool
 
@@ -94,7 +103,9 @@ def _prompt_tensors(prompts: Sequence[Prompt], scale: float) -> dict[str, torch.
         raise ValueError("Give every slice a box, or none of them.")
     tensors = {}
     if kinds.pop():
-        tensors["input_boxes"] = torch.tensor([[p.box] for p in prompts], dtype=torch.float32) * scale  # (n, 1, 4)
+        tensors["input_boxes"] = (
+            torch.tensor([[p.box] for p in prompts], dtype=torch.float32) * scale
+        )  # (n, 1, 4)
     counts = {len(p.points) + len(p.negative_points) for p in prompts}
     if counts != {0}:
         if len(counts) != 1:
@@ -130,7 +141,9 @@ def predict_file(
     image = read_image(input_path)
     prompt = prompts.get(0)
     if prompt is None or len(prompts) != 1:
-        raise ValueError(f"{input_path} is a 2-D image: give one prompt (clicks or a box), not per-slice boxes.")
+        raise ValueError(
+            f"{input_path} is a 2-D image: give one prompt (clicks or a box), not per-slice boxes."
+        )
     prompt.check_inside(*image.shape[:2], where=str(input_path))
     mask = segmenter([image], [prompt])[0]
     if suffix in DICOM_SUFFIXES:
@@ -140,13 +153,17 @@ def predict_file(
     return image, mask, 0
 
 
-def _predict_volume(segmenter: Segmenter, input_path: Path, output_path: Path, prompts: Mapping[int, Prompt], depth: int):
+def _predict_volume(
+    segmenter: Segmenter, input_path: Path, output_path: Path, prompts: Mapping[int, Prompt], depth: int
+):
     data, write = _load_volume(input_path)
     if data.ndim != 3 or data.size == 0:
         raise ValueError(f"{input_path}: expected a non-empty 3-D volume, got shape {data.shape}.")
     outside = sorted(k for k in prompts if not 0 <= k < data.shape[2])
     if outside:
-        raise ValueError(f"{input_path}: prompted slices {outside} do not exist (the volume has {data.shape[2]} slices, 0..{data.shape[2] - 1}).")
+        raise ValueError(
+            f"{input_path}: prompted slices {outside} do not exist (the volume has {data.shape[2]} slices, 0..{data.shape[2] - 1})."
+        )
     for index, prompt in prompts.items():
         prompt.check_inside(data.shape[0], data.shape[1], where=f"{input_path}, slice {index}")
     mask = np.zeros(data.shape, dtype=np.uint8)
@@ -220,7 +237,7 @@ def write_overlay(
     mask: np.ndarray,
     prompt: Prompt,
     output: Path,
-    target: Optional[np.ndarray] = None,
+    target: np.ndarray | None = None,
     zoom: int = 1,
 ) -> None:
     """An RGB picture for a person: the image, the mask tinted and outlined in red, the `target` (when known)
@@ -235,14 +252,14 @@ def write_overlay(
         for x, y in points:
             rgb[max(int(y) - 2, 0) : int(y) + 3, max(int(x) - 2, 0) : int(x) + 3] = colour
     if prompt.box:
-        x1, y1, x2, y2 = (int(round(v)) for v in prompt.box)
+        x1, y1, x2, y2 = (round(v) for v in prompt.box)
         x2, y2 = min(x2, width - 1), min(y2, height - 1)
         rgb[[y1, y2], x1 : x2 + 1] = [255, 255, 0]
         rgb[y1 : y2 + 1, [x1, x2]] = [255, 255, 0]
     Image.fromarray(rgb).resize((zoom * width, zoom * height), Image.NEAREST).save(output)
 
 
-def load_model(base: str, adapter: Optional[str]) -> torch.nn.Module:
+def load_model(base: str, adapter: str | None) -> torch.nn.Module:
     """A SamModel, with the Med-SA adapter at `adapter` when given."""
     from peft import PeftModel
 

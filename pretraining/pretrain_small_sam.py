@@ -33,18 +33,21 @@ MASK_SIZE = 4 * IMAGE_SIZE // PATCH_SIZE  # the mask decoder's output resolution
 
 def small_sam_config(hidden_size: int = 96, layers: int = 4, neck: int = 64) -> SamConfig:
     """A CPU-sized SAM (windowed and global blocks as in SAM), width and depth adjustable, SAM's init (0.02)."""
-    vision = dict(
-        hidden_size=hidden_size, num_hidden_layers=layers, num_attention_heads=4, image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE, output_channels=neck, window_size=4,
-        global_attn_indexes=list(range(layers // 2 - 1, layers, layers // 2)), num_pos_feats=neck // 2,
-        mlp_dim=4 * hidden_size,
-    )  # fmt: skip
+    vision = {
+        "hidden_size": hidden_size, "num_hidden_layers": layers, "num_attention_heads": 4, "image_size": IMAGE_SIZE,
+        "patch_size": PATCH_SIZE, "output_channels": neck, "window_size": 4,
+        "global_attn_indexes": list(range(layers // 2 - 1, layers, layers // 2)), "num_pos_feats": neck // 2,
+        "mlp_dim": 4 * hidden_size,
+    }  # fmt: skip
     return SamConfig(
         vision_config=vision,
-        prompt_encoder_config=dict(hidden_size=neck, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE),
-        mask_decoder_config=dict(
-            hidden_size=neck, mlp_dim=4 * neck, num_attention_heads=2, iou_head_hidden_dim=neck
-        ),
+        prompt_encoder_config={"hidden_size": neck, "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE},
+        mask_decoder_config={
+            "hidden_size": neck,
+            "mlp_dim": 4 * neck,
+            "num_attention_heads": 2,
+            "iou_head_hidden_dim": neck,
+        },
     )
 
 
@@ -105,7 +108,8 @@ def pretrain(args: argparse.Namespace) -> tuple[SamModel, dict]:
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "pos" in n]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.learning_rate, betas=(0.9, 0.98),
+        lr=args.learning_rate,
+        betas=(0.9, 0.98),
     )
     started, running = time.time(), 0.0
     for step in range(args.steps):

@@ -9,25 +9,29 @@ from transformers import SamConfig, SamModel
 
 def tiny_sam_config(**vision_overrides) -> SamConfig:
     """A SamConfig small enough for CPU tests, with a windowed (0) and a global (1) vision block."""
-    vision = dict(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=64,
-        patch_size=8,
-        output_channels=32,
-        window_size=4,
-        global_attn_indexes=[1],
-        num_pos_feats=16,
-        mlp_dim=128,
-    )
+    vision = {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 64,
+        "patch_size": 8,
+        "output_channels": 32,
+        "window_size": 4,
+        "global_attn_indexes": [1],
+        "num_pos_feats": 16,
+        "mlp_dim": 128,
+    }
     vision.update(vision_overrides)
     # A wider init than SAM's 0.02 gives masks of order 1 instead of 1e-5, so that equalities in tests mean something.
-    init = dict(initializer_range=0.2)
+    init = {"initializer_range": 0.2}
     return SamConfig(
         vision_config={**vision, **init},
-        prompt_encoder_config=dict(hidden_size=32, image_size=vision["image_size"], patch_size=vision["patch_size"], **init),
-        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32, **init),
+        prompt_encoder_config=dict(
+            hidden_size=32, image_size=vision["image_size"], patch_size=vision["patch_size"], **init
+        ),
+        mask_decoder_config=dict(
+            hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32, **init
+        ),
         **init,
     )
 

@@ -13,11 +13,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-import depth  # noqa: E402
-import inference  # noqa: E402
-import parameter_counts  # noqa: E402
-import training  # noqa: E402
-from common import METHODS  # noqa: E402
+import depth
+import inference
+import parameter_counts
+import training
+from common import METHODS
 
 
 def positive(value) -> bool:
@@ -48,7 +48,9 @@ def test_training():
 def test_inference():
     record = inference.main(["--tiny"])
     assert set(record["latency_s"]) == {"SAM (base)", *inference.ADAPTED}
-    assert all(positive(seconds) for seconds in [*record["latency_s"].values(), *record["prompts_s"].values()])
+    assert all(
+        positive(seconds) for seconds in [*record["latency_s"].values(), *record["prompts_s"].values()]
+    )
     assert all(positive(value) for value in record["ratios"].values())
     assert set(record["targets"]) <= set(record["ratios"])
 
@@ -56,5 +58,8 @@ def test_inference():
 def test_depth():
     record = depth.main(["--tiny", "--depths", "1", "4"])
     assert [r["depth"] for r in record["results"]] == [1, 4]
-    assert all(positive(r["volume_s"]) and positive(r["slices_s"]) and positive(r["ratio"]) for r in record["results"])
+    assert all(
+        positive(r["volume_s"]) and positive(r["slices_s"]) and positive(r["ratio"])
+        for r in record["results"]
+    )
     assert record["profile"]["sam"] == "tiny"

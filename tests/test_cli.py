@@ -11,8 +11,8 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import tiny_sam_config
-from PIL import Image
 from peft import get_peft_model
+from PIL import Image
 from pydicom.data import get_testdata_file
 from transformers import SamModel
 
@@ -55,7 +55,9 @@ def test_predict_volume_keeps_the_geometry(checkpoints, mni_volume, tmp_path, ca
     output = tmp_path / "mask.nii.gz"
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps({str(k): [60, 70, 140, 160] for k in range(10, 16)}))
-    assert run("predict", mni_volume, *model_args(checkpoints), "--boxes-file", boxes, "--output", output) == 0
+    assert (
+        run("predict", mni_volume, *model_args(checkpoints), "--boxes-file", boxes, "--output", output) == 0
+    )
     source, mask = nib.load(str(mni_volume)), nib.load(str(output))
     assert mask.shape == source.shape and np.array_equal(mask.affine, source.affine)
     assert mask.get_data_dtype() == np.uint8
@@ -92,7 +94,10 @@ def test_predict_png(checkpoints, tmp_path):
     ("arguments", "message"),
     [
         (["missing.png", "--point", 1, 1], "No input file at missing.png"),
-        (["{png}", "--point", 500, 10], r"prompt coordinates \[\(500.0, 10.0\)\] lie outside the image \(120 x 90 px"),
+        (
+            ["{png}", "--point", 500, 10],
+            r"prompt coordinates \[\(500.0, 10.0\)\] lie outside the image \(120 x 90 px",
+        ),
         (["{png}", "--box", 50, 10, 20, 40], "must have x1 < x2 and y1 < y2"),
         (["{txt}", "--point", 1, 1], "unsupported format '.txt'"),
         (["{png}"], "Give a prompt"),
@@ -106,7 +111,9 @@ def test_predict_errors_are_one_line(checkpoints, mni_volume, tmp_path, capsys, 
     txt.write_text("hello")
     names = {"{png}": png, "{txt}": txt, "{wide}": checkpoints / "wide-adapter", "{vol}": mni_volume}
     arguments = [names.get(a, a) for a in arguments]
-    base = ["--model", checkpoints / "base"] + ([] if "--adapter" in arguments else ["--adapter", checkpoints / "adapter"])
+    base = ["--model", checkpoints / "base"] + (
+        [] if "--adapter" in arguments else ["--adapter", checkpoints / "adapter"]
+    )
     suffix = ".nii.gz" if arguments[0] == mni_volume else ".png"
     assert run("predict", *arguments, *base, "--output", tmp_path / f"out{suffix}") == 2
     error = capsys.readouterr().err.strip()
@@ -126,17 +133,47 @@ def test_existing_output_is_never_overwritten(checkpoints, tmp_path, capsys):
 
 def test_console_script_has_no_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "peft_medsa.cli", "predict", str(tmp_path / "none.nii.gz"), "--model", "x", "--box", "1", "1", "2", "2", "--output", str(tmp_path / "o.nii.gz")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "peft_medsa.cli",
+            "predict",
+            str(tmp_path / "none.nii.gz"),
+            "--model",
+            "x",
+            "--box",
+            "1",
+            "1",
+            "2",
+            "2",
+            "--output",
+            str(tmp_path / "o.nii.gz"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == f"medsa: error: No input file at {tmp_path / 'none.nii.gz'}."
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f"medsa: error: No input file at {tmp_path / 'none.nii.gz'}."
+    )
 
 
 def test_eval_scores_an_adapter_and_the_box_baseline(checkpoints, tmp_path, capsys):
     output = tmp_path / "metrics.json"
-    args = ["eval", *model_args(checkpoints), "--task", "demo-2d", "--split", "validation", "--max-samples", "6",
-            "--box-baseline", "--output", output]
+    args = [
+        "eval",
+        *model_args(checkpoints),
+        "--task",
+        "demo-2d",
+        "--split",
+        "validation",
+        "--max-samples",
+        "6",
+        "--box-baseline",
+        "--output",
+        output,
+    ]
     assert run(*args) == 0
     report = json.loads(output.read_text())
     assert report["examples"] == 6 and report["prompt"] == "box"

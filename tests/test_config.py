@@ -36,7 +36,9 @@ def test_preset_overrides():
 
 
 def test_unknown_preset():
-    with pytest.raises(ValueError, match=r"Unknown Med-SA preset 'papr'.*'encoder-only', 'official-code', 'paper'"):
+    with pytest.raises(
+        ValueError, match=r"Unknown Med-SA preset 'papr'.*'encoder-only', 'official-code', 'paper'"
+    ):
         MedSAConfig.from_preset("papr")
 
 

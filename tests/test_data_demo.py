@@ -28,10 +28,17 @@ def test_demo_builds_quickly_in_the_hub_layout(demo_cache):
     assert sorted(p.name for p in (root / "demo-2d" / "data").glob("train-*.parquet")) == [
         "train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]  # fmt: skip
     cases = {
-        split: [json.loads(line)["case_id"] for line in (root / "demo-3d" / f"{split}.jsonl").read_text().splitlines()]
+        split: [
+            json.loads(line)["case_id"]
+            for line in (root / "demo-3d" / f"{split}.jsonl").read_text().splitlines()
+        ]
         for split in ("train", "validation", "test")
     }
-    assert cases == {"train": ["mni152-slab1", "mni152-slab2", "mni152-slab3"], "validation": ["mni152-slab4"], "test": ["mni152-slab5"]}
+    assert cases == {
+        "train": ["mni152-slab1", "mni152-slab2", "mni152-slab3"],
+        "validation": ["mni152-slab4"],
+        "test": ["mni152-slab5"],
+    }
     assert prepare_demo_task() == root  # prepared once, then reused
 
 
@@ -44,12 +51,17 @@ def test_demo_2d_loads_real_slices_with_all_three_classes(demo_cache, sam_config
     assert not torch.equal(images[("mni152-slab1", 4)], images[("mni152-slab1", 7)])
     lesion = next(e for e in examples if e["case_id"] == "dicom-overlay")
     assert lesion["original_size"].tolist() == [300, 484] and lesion["labels"].sum() > 0
-    splits = {s: {e["case_id"] for e in load_task("demo-2d", split=s, sam_config=sam_config)} for s in ("validation", "test")}
+    splits = {
+        s: {e["case_id"] for e in load_task("demo-2d", split=s, sam_config=sam_config)}
+        for s in ("validation", "test")
+    }
     assert splits == {"validation": {"mni152-slab4"}, "test": {"mni152-slab5"}}
 
 
 def test_demo_3d_chunks_run_through_a_tiny_sam(demo_cache, sam_config, sam_model):
-    examples = list(load_task("demo-3d", sam_config=sam_config, prompt="bbox-0.75", depth=4, split="validation"))
+    examples = list(
+        load_task("demo-3d", sam_config=sam_config, prompt="bbox-0.75", depth=4, split="validation")
+    )
     assert {int(e["class_id"]) for e in examples} == {1, 2}
     assert all(e["spacing"].tolist() == [2.0, 2.0, 2.0] for e in examples)
     batch = SamDataCollator()(examples[:2])
@@ -57,7 +69,9 @@ def test_demo_3d_chunks_run_through_a_tiny_sam(demo_cache, sam_config, sam_model
     # The plain SamModel takes the per-slice (B*D) view; the Med-SA model takes the 5-D one directly.
     slices = batch["pixel_values"].permute(0, 2, 1, 3, 4).reshape(8, 3, 64, 64)
     with torch.no_grad():
-        outputs = sam_model(pixel_values=slices, input_boxes=batch["input_boxes"].flatten(0, 1), multimask_output=False)
+        outputs = sam_model(
+            pixel_values=slices, input_boxes=batch["input_boxes"].flatten(0, 1), multimask_output=False
+        )
     assert outputs.pred_masks.shape[-2:] == batch["labels"].shape[-2:] == (32, 32)
 
 
@@ -68,4 +82,7 @@ def test_a_stale_cache_is_rebuilt(tmp_path):
     (root / "stale.txt").write_text("built by an older peft-medsa")
     prepare_demo_task(cache_dir=root, with_pyradiomics=False)
     assert not (root / "stale.txt").exists()
-    assert json.loads((root / "manifest.json").read_text())["version"] >= 1 and (root / "demo-2d" / "data").is_dir()
+    assert (
+        json.loads((root / "manifest.json").read_text())["version"] >= 1
+        and (root / "demo-2d" / "data").is_dir()
+    )

@@ -14,7 +14,6 @@ from transformers import SamImageProcessorPil, SamProcessor
 
 from peft_medsa.data import load_task
 
-
 IMAGE_SIZE, PATCH = 64, 8  # mask decoder resolution 4 * 64 // 8 = 32
 
 
@@ -27,7 +26,9 @@ def write_hub_parquet(root, images, masks, split="train"):
         "id": [f"case{i}" for i in range(len(images))],
     }
     (root / "data").mkdir(parents=True, exist_ok=True)
-    Dataset.from_dict(table, features=features).to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+    Dataset.from_dict(table, features=features).to_parquet(
+        str(root / "data" / f"{split}-00000-of-00001.parquet")
+    )
 
 
 def spec(root, **overrides):
@@ -59,8 +60,12 @@ def two_class_image():
 def test_local_parquet_streams_the_sam_processor_tensors(tmp_path, two_class_image):
     image, mask = two_class_image
     write_hub_parquet(tmp_path, [image], [mask])
-    examples = list(load_task(spec(tmp_path), streaming=True, image_size=IMAGE_SIZE, patch_size=PATCH, prompt="box"))
-    reference = sam_processor()(images=image, segmentation_maps=mask, input_boxes=[[[10, 5, 29, 19]]], return_tensors="pt")
+    examples = list(
+        load_task(spec(tmp_path), streaming=True, image_size=IMAGE_SIZE, patch_size=PATCH, prompt="box")
+    )
+    reference = sam_processor()(
+        images=image, segmentation_maps=mask, input_boxes=[[[10, 5, 29, 19]]], return_tensors="pt"
+    )
 
     assert [int(e["class_id"]) for e in examples] == [1, 2]  # class 3 is absent: no target for it
     first = examples[0]
@@ -81,7 +86,12 @@ def test_folder_with_a_task_file_and_relative_path(tmp_path, two_class_image):
     write_hub_parquet(tmp_path, [image, image[::-1]], [mask, mask[::-1]])
     (tmp_path / "task.yaml").write_text(yaml.safe_dump({**spec("."), "name": "folder-task"}))
     examples = list(load_task(tmp_path, image_size=IMAGE_SIZE, patch_size=PATCH))
-    assert [(e["case_id"], int(e["class_id"])) for e in examples] == [("case0", 1), ("case0", 2), ("case1", 1), ("case1", 2)]
+    assert [(e["case_id"], int(e["class_id"])) for e in examples] == [
+        ("case0", 1),
+        ("case0", 2),
+        ("case1", 1),
+        ("case1", 2),
+    ]
 
 
 def test_folder_of_image_and_mask_files(tmp_path):
@@ -103,7 +113,7 @@ def test_folder_of_image_and_mask_files(tmp_path):
 
 
 def test_missing_column_names_the_column_and_the_real_ones(tmp_path, two_class_image):
-    write_hub_parquet(tmp_path, *map(lambda a: [a], two_class_image))
+    write_hub_parquet(tmp_path, *([a] for a in two_class_image))
     with pytest.raises(ValueError, match=r"column\(s\) \['label'\] not found.*\['image', 'mask', 'id'\]"):
         load_task(spec(tmp_path, mask_column="label"))
 
@@ -113,7 +123,9 @@ def test_label_value_absent_from_the_label_map(tmp_path, two_class_image):
     mask = mask.copy()
     mask[0, 0] = 7
     write_hub_parquet(tmp_path, [image], [mask])
-    with pytest.raises(ValueError, match=r"case 'case0': mask holds value\(s\) \[7\] that are not in the task's label map"):
+    with pytest.raises(
+        ValueError, match=r"case 'case0': mask holds value\(s\) \[7\] that are not in the task's label map"
+    ):
         next(iter(load_task(spec(tmp_path), image_size=IMAGE_SIZE, patch_size=PATCH)))
 
 
@@ -143,9 +155,18 @@ def test_offline_hub_tasks_name_the_dataset_and_the_local_route():
         "        print(error)\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
     lines = [line for line in result.stdout.splitlines() if line.startswith("Task ")]
     assert len(lines) == 3, result.stdout + result.stderr
-    for line, task, repo in zip(lines, ("busi", "btcv", "msd-spleen"), ("MedOtter/BUSI", "Angelou0516/btcv", "YongchengYAO/MSD-Lite")):
+    for line, task, repo in zip(
+        lines,
+        ("busi", "btcv", "msd-spleen"),
+        ("MedOtter/BUSI", "Angelou0516/btcv", "YongchengYAO/MSD-Lite"),
+        strict=False,
+    ):
         assert f"Hub dataset '{repo}'" in line and "HF_HUB_OFFLINE=1" in line
-        assert f"load_task('{task}', data_dir=DIR)" in line and f"hf download {repo} --repo-type dataset" in line
+        assert (
+            f"load_task('{task}', data_dir=DIR)" in line and f"hf download {repo} --repo-type dataset" in line
+        )

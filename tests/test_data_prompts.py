@@ -9,12 +9,13 @@ from peft_medsa.data.examples import ExampleBuilder
 from peft_medsa.data.preprocessing import SamPreprocessor
 from peft_medsa.data.prompts import sample_box
 
-
 SPEC = TaskSpec(name="t", format="parquet", path="/x", labels={1: "a", 2: "b", 3: "c"})
 
 
 def builder(prompt, seed=0, image_size=64):
-    return ExampleBuilder(SPEC, SamPreprocessor(image_size, mask_size=image_size // 2), PromptConfig.resolve(prompt), seed)
+    return ExampleBuilder(
+        SPEC, SamPreprocessor(image_size, mask_size=image_size // 2), PromptConfig.resolve(prompt), seed
+    )
 
 
 def wide_image_and_mask():
@@ -30,7 +31,9 @@ def wide_image_and_mask():
 @pytest.mark.parametrize("seed", range(10))
 def test_clicks_are_xy_inside_their_target_and_negatives_outside(seed):
     image, mask = wide_image_and_mask()
-    examples = builder(PromptConfig("points", num_positive=3, num_negative=3), seed).image_examples(image, mask, "c")
+    examples = builder(PromptConfig("points", num_positive=3, num_negative=3), seed).image_examples(
+        image, mask, "c"
+    )
     h, w = examples[0]["reshaped_input_size"]
     assert (h, w) == (21, 64)
     resized = np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))  # the processed-frame target
@@ -81,7 +84,10 @@ def test_prompts_depend_on_seed_case_slice_class_not_on_order():
     make = builder("3-click", seed=7)
     a = make.image_examples(image, mask, "A") + make.image_examples(image, mask, "B")
     b = make.image_examples(image, mask, "B") + make.image_examples(image, mask, "A")
-    points = lambda examples: {(e["case_id"], e["class_id"]): e["input_points"].tolist() for e in examples}  # noqa: E731
+
+    def points(examples):
+        return {(e["case_id"], e["class_id"]): e["input_points"].tolist() for e in examples}
+
     assert points(a) == points(b)
     assert points(a)[("A", 1)] != points(a)[("B", 1)]
     other = builder("3-click", seed=8).image_examples(image, mask, "A")

@@ -34,7 +34,11 @@ def test_nrrd_in_lps_with_a_flipped_axis_reads_like_the_nifti(mni, tmp_path):
     path, ras = mni
     lps = ras[::-1, ::-1, :]  # voxel axes L, P, S
     # Store the P axis reversed and say so with a negative direction, as pyradiomics' brain1 does.
-    header = {"space": "left-posterior-superior", "space directions": np.diag([2.0, -2.0, 3.0]), "space origin": np.zeros(3)}
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": np.diag([2.0, -2.0, 3.0]),
+        "space origin": np.zeros(3),
+    }
     nrrd.write(str(tmp_path / "mni.nrrd"), np.ascontiguousarray(lps[:, ::-1, :]), header)
     volume = read_volume(tmp_path / "mni.nrrd")
     assert volume.spacing == (3.0, 2.0, 2.0)
@@ -52,7 +56,10 @@ def test_dicom_slice_and_series():
 
 def test_dicom_series_is_sorted_along_the_slice_normal(tmp_path):
     dataset = pydicom.dcmread(get_testdata_file("examples_overlay.dcm"))
-    normal = np.cross(np.asarray(dataset.ImageOrientationPatient[:3], float), np.asarray(dataset.ImageOrientationPatient[3:], float))
+    normal = np.cross(
+        np.asarray(dataset.ImageOrientationPatient[:3], float),
+        np.asarray(dataset.ImageOrientationPatient[3:], float),
+    )
     origin = np.asarray(dataset.ImagePositionPatient, float)
     for order, k in enumerate([2, 0, 1]):  # written out of order
         dataset.ImagePositionPatient = list(origin + 5.0 * k * normal)
@@ -76,7 +83,7 @@ def test_reader_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="No volume file"):
         read_volume(tmp_path / "missing.nii.gz")
     (tmp_path / "volume.mha").write_bytes(b"")
-    with pytest.raises(ValueError, match="unsupported volume format '.mha'"):
+    with pytest.raises(ValueError, match=r"unsupported volume format '\.mha'"):
         read_volume(tmp_path / "volume.mha")
     nrrd.write(str(tmp_path / "empty.nrrd"), np.zeros((4, 0, 3), np.int16))
     with pytest.raises(ValueError, match=r"the volume is empty \(shape"):

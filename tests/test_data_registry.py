@@ -7,7 +7,6 @@ import yaml
 
 from peft_medsa.data import IntensityPolicy, TaskSpec, get_task, list_tasks, register_task
 
-
 HUB_TASKS = {
     "breast-ultrasound": "nielsr/breast-cancer",
     "busi": "MedOtter/BUSI",

@@ -10,12 +10,15 @@ from peft_medsa.data.examples import ExampleBuilder
 from peft_medsa.data.preprocessing import SamPreprocessor
 from peft_medsa.data.volumes import chunk_starts, resample_volume
 
-
-SPEC = TaskSpec(name="vol", format="volumes", path="/x", index="{split}.jsonl", labels={1: "a", 2: "b", 3: "c"})
+SPEC = TaskSpec(
+    name="vol", format="volumes", path="/x", index="{split}.jsonl", labels={1: "a", 2: "b", 3: "c"}
+)
 
 
 def builder(prompt="1-click", depth=4, **kw):
-    return ExampleBuilder(SPEC, SamPreprocessor(32, mask_size=16), PromptConfig.resolve(prompt), depth=depth, **kw)
+    return ExampleBuilder(
+        SPEC, SamPreprocessor(32, mask_size=16), PromptConfig.resolve(prompt), depth=depth, **kw
+    )
 
 
 def ramp_volume(num_slices=8, offset=0):
@@ -43,11 +46,15 @@ def test_chunks_and_collator_are_volume_major():
     assert batch["input_boxes"].shape == (2, 4, 1, 4) and batch["labels"].shape == (2, 4, 1, 16, 16)
     expected_values = [40, 50, 60, 70, 100, 110, 120, 130]
     values = batch["pixel_values"][:, 0, :, 0, 0].reshape(-1)  # (B, D) -> B*D, volume-major
-    torch.testing.assert_close(values, torch.tensor([normalised(v) for v in expected_values], dtype=torch.float32))
+    torch.testing.assert_close(
+        values, torch.tensor([normalised(v) for v in expected_values], dtype=torch.float32)
+    )
     left_edges = batch["input_boxes"].flatten(0, 1)[:, 0, 0]  # row b*D + d holds slice d of volume b
     assert left_edges.tolist() == [2 * k for k in (4, 5, 6, 7, 0, 1, 2, 3)]
-    label_left = batch["labels"].flatten(0, 1)[:, 0, 5].float().argmax(dim=-1)  # first labelled column, B*D rows
-    assert label_left.tolist() == [k for k in (4, 5, 6, 7, 0, 1, 2, 3)]
+    label_left = (
+        batch["labels"].flatten(0, 1)[:, 0, 5].float().argmax(dim=-1)
+    )  # first labelled column, B*D rows
+    assert label_left.tolist() == [4, 5, 6, 7, 0, 1, 2, 3]
 
 
 def test_empty_slices_inside_a_chunk():
@@ -67,7 +74,7 @@ def test_multiclass_chunk_gives_one_example_per_present_class_with_its_own_promp
     examples = list(builder("1-click").volume_examples(image, label, "c"))
     assert [(e["slice_index"], e["class_id"]) for e in examples] == [(0, 1), (0, 3), (4, 1), (4, 3)]
     for example in examples:
-        x, y = example["input_points"][0, 0, 0]
+        x, _y = example["input_points"][0, 0, 0]
         assert (x >= 24) == (example["class_id"] == 3)  # class 3 sits at columns 25..29 (scaled 32/32)
 
 
@@ -99,7 +106,11 @@ def test_chunk_starts_and_volume_errors():
     with pytest.raises(ValueError, match=r"image volume \(8, 32, 32\) and label volume \(8, 32, 16\) differ"):
         next(builder().volume_examples(image, Volume(label.array[..., :16], label.spacing), "c"))
     with pytest.raises(ValueError, match="the volume is empty"):
-        next(builder().volume_examples(Volume(np.zeros((0, 4, 4)), (1, 1, 1)), Volume(np.zeros((0, 4, 4)), (1, 1, 1)), "c"))
+        next(
+            builder().volume_examples(
+                Volume(np.zeros((0, 4, 4)), (1, 1, 1)), Volume(np.zeros((0, 4, 4)), (1, 1, 1)), "c"
+            )
+        )
 
 
 def test_empty_target_policy():
@@ -118,7 +129,9 @@ def test_collator_metadata_and_errors():
     batch = SamDataCollator()(examples)
     assert set(batch) == {"pixel_values", "input_points", "input_labels", "labels"}
     with_metadata = SamDataCollator(return_metadata=True)(examples)
-    assert with_metadata["metadata"]["case_id"] == ["c", "c"] and with_metadata["metadata"]["slice_index"] == [0, 1]
+    assert with_metadata["metadata"]["case_id"] == ["c", "c"] and with_metadata["metadata"][
+        "slice_index"
+    ] == [0, 1]
     chunk = next(iter(builder(depth=2).volume_examples(*ramp_volume(num_slices=2), case_id="c")))
     with pytest.raises(ValueError, match=r"\(3, H, W\) for every example or \(3, D, H, W\)"):
         SamDataCollator()([examples[0], chunk])

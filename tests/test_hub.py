@@ -34,11 +34,20 @@ def trained_run(sam_model, tmp_path):
     sam_model.save_pretrained(base_dir)
     model = get_peft_model(SamModel.from_pretrained(base_dir), MedSAConfig())
     args = TrainingArguments(
-        tmp_path / "run", max_steps=4, per_device_train_batch_size=2, learning_rate=1e-3, report_to=[],
-        use_cpu=True, save_strategy="no", logging_steps=1,
+        tmp_path / "run",
+        max_steps=4,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
     )
     trainer = MedSATrainer(
-        model=model, args=args, train_dataset=square_examples(8), eval_dataset=square_examples(4),
+        model=model,
+        args=args,
+        train_dataset=square_examples(8),
+        eval_dataset=square_examples(4),
         compute_metrics=make_compute_metrics(),
     )
     trainer.train()
@@ -47,11 +56,20 @@ def trained_run(sam_model, tmp_path):
 
 def test_card_from_a_training_run_parses(trained_run, tmp_path):
     model, metrics, args, base_dir = trained_run
-    results = {k.removeprefix("eval_"): v for k, v in metrics.items() if k.removeprefix("eval_").split("/")[0] in ("dice", "iou", "hd95", "nsd")}
+    results = {
+        k.removeprefix("eval_"): v
+        for k, v in metrics.items()
+        if k.removeprefix("eval_").split("/")[0] in ("dice", "iou", "hd95", "nsd")
+    }
     assert {"dice", "iou", "hd95", "nsd"} <= results.keys()
     card = build_model_card(
-        model, task_name="Synthetic squares", metrics=results, eval_split="validation", eval_prompt="one box per target",
-        limits="Four synthetic images; says nothing about medical data.", training_config=args.to_dict(),
+        model,
+        task_name="Synthetic squares",
+        metrics=results,
+        eval_split="validation",
+        eval_prompt="one box per target",
+        limits="Four synthetic images; says nothing about medical data.",
+        training_config=args.to_dict(),
         repo_id="someone/medsa-squares",
     )
     folder = save_adapter_with_card(model, tmp_path / "publish", card)
@@ -66,24 +84,38 @@ def test_card_from_a_training_run_parses(trained_run, tmp_path):
     assert "Four synthetic images" in parsed.text and '"learning_rate": 0.001' in parsed.text
 
     # The usage snippet of the card works as written (with this adapter's folder in place of the repo id).
-    snippet = parsed.text.split("```python\n")[1].split("```")[0].replace("someone/medsa-squares", str(folder))
-    snippet = snippet.replace('processor = SamProcessor.from_pretrained', "_ = ")  # a random base has no processor
+    snippet = (
+        parsed.text.split("```python\n")[1].split("```")[0].replace("someone/medsa-squares", str(folder))
+    )
+    snippet = snippet.replace(
+        "processor = SamProcessor.from_pretrained", "_ = "
+    )  # a random base has no processor
     namespace = {}
     exec(snippet, namespace)
     assert namespace["model"].peft_config["default"].preset == "paper"
 
 
 def test_upload_sends_exactly_the_adapter_folder(trained_run, tmp_path, monkeypatch):
-    model, metrics, args, _ = trained_run
+    model, metrics, _args, _ = trained_run
     card = build_model_card(
-        model, task_name="Squares", metrics={"dice": metrics["eval_dice"]}, eval_split="validation",
-        eval_prompt="box", limits="none", training_config={}, repo_id="someone/medsa-squares",
+        model,
+        task_name="Squares",
+        metrics={"dice": metrics["eval_dice"]},
+        eval_split="validation",
+        eval_prompt="box",
+        limits="none",
+        training_config={},
+        repo_id="someone/medsa-squares",
     )
     folder = save_adapter_with_card(model, tmp_path / "publish", card)
     (folder / "notes.txt").write_text("not part of the adapter")
     calls = {}
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.setdefault("create", (repo_id, kw)))
-    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.setdefault("upload", kw) and "commit-url")
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda self, repo_id, **kw: calls.setdefault("create", (repo_id, kw))
+    )
+    monkeypatch.setattr(
+        HfApi, "upload_folder", lambda self, **kw: calls.setdefault("upload", kw) and "commit-url"
+    )
     push_adapter_folder(folder, "someone/medsa-squares", private=True)
     assert calls["create"] == ("someone/medsa-squares", {"private": True, "exist_ok": True})
     upload = calls["upload"]

@@ -78,7 +78,9 @@ def test_embedding_reuse_gives_the_full_forward(sam_model):
         for seed in range(3):
             prompts = point_prompts(2, seed=seed)
             reused = model(image_embeddings=embeddings, **prompts).pred_masks
-            torch.testing.assert_close(reused, model(pixel_values=images, **prompts).pred_masks, atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                reused, model(pixel_values=images, **prompts).pred_masks, atol=1e-5, rtol=0
+            )
 
 
 def test_volume_embeddings_are_per_slice(sam_model):
@@ -97,7 +99,9 @@ def test_hyper_prompt_conditions_the_decoder(sam_model):
     block = model.base_model.model.mask_decoder.transformer.layers[0]
     assert isinstance(block, MedSADecoderLayer) and block.num_output_tokens == 5
     seen = []
-    block.register_forward_hook(lambda module, args, kwargs, out: seen.append(kwargs["query_point_embedding"]), with_kwargs=True)
+    block.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append(kwargs["query_point_embedding"]), with_kwargs=True
+    )
     masks(model, torch.randn(2, 3, 64, 64), **point_prompts(2))
     weights = block.prompt_weights("default", seen[0][:, :, 5:])
     assert not torch.allclose(weights[0], weights[1])
@@ -124,7 +128,9 @@ def test_official_code_trains_the_decoder(sam_model):
 def test_vit_b_parameter_counts():
     with torch.device("meta"):
         encoder_only = get_peft_model(SamModel(SamConfig()), MedSAConfig.from_preset("encoder-only"))
-        with_depth = get_peft_model(SamModel(SamConfig()), MedSAConfig.from_preset("encoder-only", depth_attention=True))
+        with_depth = get_peft_model(
+            SamModel(SamConfig()), MedSAConfig.from_preset("encoder-only", depth_attention=True)
+        )
     assert encoder_only.get_nb_trainable_parameters() == (7_100_928, 93_735_728 + 7_100_928)
     assert with_depth.get_nb_trainable_parameters()[0] - 7_100_928 == 3_550_464
 
@@ -149,7 +155,9 @@ def test_named_adapters(sam_model):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".second." in n for n in trainable)
     with model.disable_adapter():
-        torch.testing.assert_close(masks(model, images, **prompts), masks(sam_model, images, **prompts), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            masks(model, images, **prompts), masks(sam_model, images, **prompts), atol=1e-6, rtol=0
+        )
     model.set_adapter("default")
     assert torch.equal(masks(model, images, **prompts), first)
     model.delete_adapter("second")
@@ -168,7 +176,7 @@ def test_unload_returns_the_original_model(sam_model):
 
 
 def test_merge_and_unload_is_refused(sam_model):
-    with pytest.raises(ValueError, match="cannot be merged.*non-linear.*unload()"):
+    with pytest.raises(ValueError, match=r"cannot be merged.*non-linear.*unload\(\)"):
         adapted(sam_model).merge_and_unload()
 
 
@@ -190,7 +198,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(sam_model, monkeypatch)
             model.gradient_checkpointing_enable()
         depth_calls.clear()
         model(pixel_values=volumes, **prompts).pred_masks.square().mean().backward()
-        assert depth_calls == [2] * (4 if checkpointing else 2)  # 2 blocks, replayed once each when checkpointing
+        assert depth_calls == [2] * (
+            4 if checkpointing else 2
+        )  # 2 blocks, replayed once each when checkpointing
         return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
     plain, checkpointed = adapter_gradients(False), adapter_gradients(True)
@@ -229,7 +239,9 @@ def test_sam_hq_is_supported():
     base = SamHQModel(hq_config).eval()
     model = get_peft_model(copy.deepcopy(base), MedSAConfig(depth_attention=True)).eval()
     images, prompts = torch.randn(1, 3, 64, 64), point_prompts(1)
-    torch.testing.assert_close(masks(model, images, **prompts), masks(base, images, **prompts), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        masks(model, images, **prompts), masks(base, images, **prompts), atol=1e-6, rtol=0
+    )
     assert model.base_model.model.mask_decoder.transformer.layers[0].num_output_tokens == 6  # + the HQ token
     randomize_adapters(model)
     assert masks(model, torch.randn(1, 3, 2, 64, 64), **point_prompts(2)).shape[0] == 2
@@ -239,7 +251,7 @@ def test_sam_hq_is_supported():
 
 
 def test_non_sam_model_is_refused():
-    with pytest.raises(TypeError, match="Med-SA adapts Segment Anything models.*got Sequential"):
+    with pytest.raises(TypeError, match=r"Med-SA adapts Segment Anything models.*got Sequential"):
         get_peft_model(torch.nn.Sequential(torch.nn.Linear(2, 2)), MedSAConfig())
 
 
@@ -248,9 +260,21 @@ def test_non_sam_model_is_refused():
     [
         (torch.randn(3, 64, 64), point_prompts(1), r"pixel_values must be 4-D images .* or 5-D volumes"),
         (torch.randn(1, 3, 32, 32), point_prompts(1), r"do not fit this SAM: it takes 3 channels at 64x64"),
-        (torch.randn(2, 3, 4, 64, 64), point_prompts(2), r"input_points has batch 2, but a batch of 2 volume\(s\) x 4 slices needs 8.*\(B, D, \.\.\.\)"),
-        (torch.randn(2, 3, 64, 64), point_prompts(3), r"input_points has batch 3, but a batch of 2 image\(s\) needs 2"),
-        (torch.randn(1, 3, 64, 64), {"input_points": torch.rand(1, 2, 2)}, r"input_points must be a 4-D tensor \(batch, point_batch"),
+        (
+            torch.randn(2, 3, 4, 64, 64),
+            point_prompts(2),
+            r"input_points has batch 2, but a batch of 2 volume\(s\) x 4 slices needs 8.*\(B, D, \.\.\.\)",
+        ),
+        (
+            torch.randn(2, 3, 64, 64),
+            point_prompts(3),
+            r"input_points has batch 3, but a batch of 2 image\(s\) needs 2",
+        ),
+        (
+            torch.randn(1, 3, 64, 64),
+            {"input_points": torch.rand(1, 2, 2)},
+            r"input_points must be a 4-D tensor \(batch, point_batch",
+        ),
         (torch.randn(1, 3, 64, 64), {"input_boxes": torch.rand(1, 4)}, r"input_boxes must be a 3-D tensor"),
     ],
 )

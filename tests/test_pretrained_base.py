@@ -12,7 +12,7 @@ from transformers import SamModel
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "pretraining"))
 
-from pretrain_small_sam import IMAGE_SIZE, MASK_SIZE, synthetic_dice  # noqa: E402
+from pretrain_small_sam import IMAGE_SIZE, MASK_SIZE, synthetic_dice  # noqa: E402 (after the path insert)
 from synthetic_shapes import SyntheticShapes  # noqa: E402
 
 CHECKPOINT = ROOT / "models" / "sam-small-synthetic"

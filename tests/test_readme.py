@@ -18,7 +18,9 @@ def test_readme_example(index):
     if NEEDS_HUB.search(code):
         return  # the Hub cannot be reached here; the offline block above runs the same calls
     cwd = os.getcwd()
-    os.chdir(README.parent)  # the examples run from the repository root (they write only under runs/, ignored)
+    os.chdir(
+        README.parent
+    )  # the examples run from the repository root (they write only under runs/, ignored)
     try:
         exec(compiled, {"__name__": "readme"})
     finally:

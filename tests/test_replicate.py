@@ -12,7 +12,8 @@ def test_quick_replication_runs_every_method(tmp_path):
     output = tmp_path / "replication.json"
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "replicate.py"), "--quick", "--output", str(output)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = json.loads(output.read_text())["runs"]
@@ -22,5 +23,7 @@ def test_quick_replication_runs_every_method(tmp_path):
     assert all(0 <= run["dice"] <= 1 and run["per_case"] for run in runs)
     trainable = {run["method"]: run["trainable_parameters"] for run in runs}
     assert trainable["zero-shot"] == 0
-    assert 0 < trainable["Med-SA encoder-only"] < trainable["Med-SA paper"] < trainable["Med-SA official-code"]
+    assert (
+        0 < trainable["Med-SA encoder-only"] < trainable["Med-SA paper"] < trainable["Med-SA official-code"]
+    )
     assert "| Med-SA paper, plain prompt fusion |" in result.stdout

@@ -25,7 +25,11 @@ def trained(sam_model):
 
 def test_adapter_file_holds_only_adapter_tensors(trained, tmp_path):
     trained.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     saved = load_file(tmp_path / "adapter_model.safetensors")
     assert saved and all(".medsa_" in key and ".default." not in key for key in saved)
     expected = sum(p.numel() for p in trained.parameters() if p.requires_grad)
@@ -80,7 +84,10 @@ def test_load_adapter_under_another_name(trained, sam_model, tmp_path):
 def test_adapter_for_another_base_size_is_refused(trained, tmp_path):
     trained.save_pretrained(tmp_path)
     wider = SamModel(tiny_sam_config(hidden_size=96, mlp_dim=192))
-    with pytest.raises(ValueError, match=r"(?s)another size.*24 tensors differ.*medsa_depth_down.default.weight: \(16, 64\) in the adapter, \(24, 96\) in the model"):
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)another size.*24 tensors differ.*medsa_depth_down.default.weight: \(16, 64\) in the adapter, \(24, 96\) in the model",
+    ):
         PeftModel.from_pretrained(wider, tmp_path)
 
 
@@ -88,7 +95,7 @@ def test_truncated_adapter_file_is_refused(trained, sam_model, tmp_path):
     trained.save_pretrained(tmp_path)
     weights = tmp_path / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
-    with pytest.raises(ValueError, match="adapter_model.safetensors is truncated or corrupted"):
+    with pytest.raises(ValueError, match=r"adapter_model\.safetensors is truncated or corrupted"):
         PeftModel.from_pretrained(copy.deepcopy(sam_model), tmp_path)
 
 
@@ -96,5 +103,5 @@ def test_pickled_adapter_is_refused(trained, sam_model, tmp_path):
     trained.save_pretrained(tmp_path)
     (tmp_path / "adapter_model.safetensors").unlink()
     torch.save({}, tmp_path / "adapter_model.bin")
-    with pytest.raises(ValueError, match="pickled adapter.*safetensors only"):
+    with pytest.raises(ValueError, match=r"pickled adapter.*safetensors only"):
         PeftModel.from_pretrained(copy.deepcopy(sam_model), tmp_path)

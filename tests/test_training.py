@@ -28,10 +28,32 @@ def base(tmp_path_factory):
 
 def arguments(base, output, *extra, batch=4):
     return [
-        "--model_name_or_path", str(base), "--task", "demo-2d", "--output_dir", str(output),
-        "--max_steps", "6", "--per_device_train_batch_size", str(batch), "--learning_rate", "1e-3",
-        "--save_steps", "2", "--eval_strategy", "no", "--report_to", "none", "--use_cpu", "--seed", "3",
-        "--max_eval_samples", "8", "--disable_tqdm", "true", *extra,
+        "--model_name_or_path",
+        str(base),
+        "--task",
+        "demo-2d",
+        "--output_dir",
+        str(output),
+        "--max_steps",
+        "6",
+        "--per_device_train_batch_size",
+        str(batch),
+        "--learning_rate",
+        "1e-3",
+        "--save_steps",
+        "2",
+        "--eval_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "--seed",
+        "3",
+        "--max_eval_samples",
+        "8",
+        "--disable_tqdm",
+        "true",
+        *extra,
     ]
 
 
@@ -55,11 +77,17 @@ def test_outputs_are_adapter_only(reference):
         weights = adapter(folder)
         assert weights and all(".medsa_" in key for key in weights), folder
         assert not (folder / "model.safetensors").exists()
-    assert sorted(p.name for p in reference.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    assert sorted(p.name for p in reference.glob("checkpoint-*")) == [
+        "checkpoint-2",
+        "checkpoint-4",
+        "checkpoint-6",
+    ]
 
 
 def test_best_checkpoint_by_dice_is_kept(base, tmp_path):
-    args = arguments(base, tmp_path, "--eval_strategy", "steps", "--eval_steps", "2", "--load_best_model_at_end")
+    args = arguments(
+        base, tmp_path, "--eval_strategy", "steps", "--eval_steps", "2", "--load_best_model_at_end"
+    )
     train(*parse_arguments(args))
     import json
 
@@ -84,7 +112,11 @@ def test_resume_after_a_kill_reaches_the_same_adapter(base, reference, tmp_path)
     with pytest.raises(RuntimeError, match="killed"):
         train(*parse_arguments(arguments(base, tmp_path)), callbacks=[Kill()])
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]
-    train(*parse_arguments(arguments(base, tmp_path, "--resume_from_checkpoint", str(tmp_path / "checkpoint-2"))))
+    train(
+        *parse_arguments(
+            arguments(base, tmp_path, "--resume_from_checkpoint", str(tmp_path / "checkpoint-2"))
+        )
+    )
     resumed, uninterrupted = adapter(tmp_path), adapter(reference)
     for key in uninterrupted:
         torch.testing.assert_close(resumed[key], uninterrupted[key], atol=1e-6, rtol=1e-5)
@@ -99,11 +131,19 @@ def _free_port() -> int:
 def test_two_processes_match_one(base, reference, tmp_path):
     """DDP over gloo with batch 2 per process equals one process with batch 4 (same seed, same global batch)."""
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "examples/accelerate/cpu_2proc.yaml"),
-        "--main_process_port", str(_free_port()), str(REPO / "examples/train_medsa.py"),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "examples/accelerate/cpu_2proc.yaml"),
+        "--main_process_port",
+        str(_free_port()),
+        str(REPO / "examples/train_medsa.py"),
         *arguments(base, tmp_path, batch=2),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     two, one = adapter(tmp_path), adapter(reference)
     assert two.keys() == one.keys()
@@ -120,6 +160,22 @@ def test_gradient_accumulation_matches_a_larger_batch(base, reference, tmp_path)
 
 def test_volumes_train_through_sd_trans(base, tmp_path):
     """3-D chunks (5-D input) through the Trainer: accelerate's batch dispatch keeps every slice's prompt."""
-    metrics = train(*parse_arguments(arguments(base, tmp_path, "--task", "demo-3d", "--depth", "2", "--max_steps", "2", "--max_eval_samples", "2", batch=2)))
+    metrics = train(
+        *parse_arguments(
+            arguments(
+                base,
+                tmp_path,
+                "--task",
+                "demo-3d",
+                "--depth",
+                "2",
+                "--max_steps",
+                "2",
+                "--max_eval_samples",
+                "2",
+                batch=2,
+            )
+        )
+    )
     assert 0 <= metrics["eval_dice"] <= 1
     assert any(".medsa_depth_" in key for key in adapter(tmp_path))

@@ -12,7 +12,6 @@ from .prompts import PROMPT_PRESETS, PromptConfig, box_iou, example_seed, next_c
 from .readers import Volume, read_image, read_volume
 from .registry import IntensityPolicy, TaskSpec, get_task, list_tasks, register_task
 
-
 __all__ = [
     "MODEL_KEYS",
     "PROMPT_PRESETS",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -35,7 +36,6 @@ import numpy as np
 from scipy import ndimage
 
 from .readers import read_volume
-
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,9 @@ def cache_root() -> Path:
     return Path(os.environ.get("PEFT_MEDSA_CACHE", "~/.cache/peft_medsa")).expanduser()
 
 
-def prepare_demo_task(cache_dir: str | Path | None = None, with_pyradiomics: bool = True, force: bool = False) -> Path:
+def prepare_demo_task(
+    cache_dir: str | Path | None = None, with_pyradiomics: bool = True, force: bool = False
+) -> Path:
     """Builds the demo tasks once (a few seconds, plus the optional pyradiomics fetch) and returns their root.
 
     Concurrent callers are safe: the cache is built in a temporary folder and renamed into place.
@@ -75,8 +77,12 @@ def prepare_demo_task(cache_dir: str | Path | None = None, with_pyradiomics: boo
         _write_index(staging / "demo-3d", cases)
         _write_slices(staging / "demo-2d", staging / "demo-3d", cases)
         sources = sorted({case["source"] for case in cases} | {"pydicom"})
-        (staging / "manifest.json").write_text(json.dumps({"version": DEMO_VERSION, "sources": sources}, indent=1))
-        if root.exists() and (force or _cache_version(root) != DEMO_VERSION):  # stale: move it aside, then drop it
+        (staging / "manifest.json").write_text(
+            json.dumps({"version": DEMO_VERSION, "sources": sources}, indent=1)
+        )
+        if root.exists() and (
+            force or _cache_version(root) != DEMO_VERSION
+        ):  # stale: move it aside, then drop it
             old = root.parent / f".{root.name}-old-{uuid.uuid4().hex}"
             with contextlib.suppress(OSError):
                 os.rename(root, old)
@@ -107,13 +113,19 @@ def _mni152_cases(folder: Path) -> list[dict[str, str]]:
     z = np.nonzero(labels.any(axis=(0, 1)))[0]
     bounds = np.linspace(z.min(), z.max() + 1, MNI_SLABS + 1).round().astype(int)
     cases = []
-    for index, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:]), start=1):
+    for index, (start, stop) in enumerate(itertools.pairwise(bounds), start=1):
         case = f"mni152-slab{index}"
-        cases.append(_save_case(folder, case, t1.slicer[:, :, start:stop], label_image.slicer[:, :, start:stop], "nilearn"))
+        cases.append(
+            _save_case(
+                folder, case, t1.slicer[:, :, start:stop], label_image.slicer[:, :, start:stop], "nilearn"
+            )
+        )
     return cases
 
 
-def _save_case(folder: Path, case: str, image: nib.Nifti1Image, label: nib.Nifti1Image, source: str) -> dict[str, str]:
+def _save_case(
+    folder: Path, case: str, image: nib.Nifti1Image, label: nib.Nifti1Image, source: str
+) -> dict[str, str]:
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "labels").mkdir(parents=True, exist_ok=True)
     paths = {"image": f"images/{case}.nii.gz", "label": f"labels/{case}.nii.gz"}
@@ -126,7 +138,10 @@ def _pyradiomics_cases(folder: Path, downloads: Path) -> list[dict[str, str]]:
     try:
         data = _fetch_pyradiomics_data(downloads)
     except (OSError, subprocess.SubprocessError, tarfile.TarError) as error:
-        logger.warning("pyradiomics data could not be fetched (%s); the demo is built from nilearn and pydicom only.", error)
+        logger.warning(
+            "pyradiomics data could not be fetched (%s); the demo is built from nilearn and pydicom only.",
+            error,
+        )
         return []
     import nrrd
 
@@ -158,14 +173,22 @@ def _fetch_pyradiomics_data(downloads: Path) -> Path:
         with tarfile.open(sdist) as archive:
             for member in archive.getmembers():
                 name = Path(member.name).name
-                if member.isfile() and Path(member.name).parent.name == "data" and name.endswith(("_image.nrrd", "_label.nrrd")):
+                if (
+                    member.isfile()
+                    and Path(member.name).parent.name == "data"
+                    and name.endswith(("_image.nrrd", "_label.nrrd"))
+                ):
                     (target / name).write_bytes(archive.extractfile(member).read())
     return target
 
 
 def _write_index(folder: Path, cases: list[dict[str, str]]) -> None:
     for split in ("train", "validation", "test"):
-        rows = [{k: case[k] for k in ("case_id", "image", "label")} for case in cases if SPLITS[case["case_id"]] == split]
+        rows = [
+            {k: case[k] for k in ("case_id", "image", "label")}
+            for case in cases
+            if SPLITS[case["case_id"]] == split
+        ]
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
@@ -210,15 +233,23 @@ def _write_slices(folder: Path, volumes: Path, cases: list[dict[str, str]]) -> N
         image = _as_uint16(image)
         labelled = np.nonzero(label.any(axis=(1, 2)))[0]
         for k in labelled[SLICE_STEP // 2 :: SLICE_STEP]:
-            rows[SPLITS[case["case_id"]]].append((case["case_id"], int(k), image[k], label[k].astype(np.uint8)))
+            rows[SPLITS[case["case_id"]]].append(
+                (case["case_id"], int(k), image[k], label[k].astype(np.uint8))
+            )
     dicom_image, dicom_mask = _dicom_overlay_case()
     rows[SPLITS["dicom-overlay"]].append(("dicom-overlay", 0, dicom_image, dicom_mask))
-    features = Features(image=ImageFeature(), mask=ImageFeature(), case_id=Value("string"), slice_index=Value("int32"))
+    features = Features(
+        image=ImageFeature(), mask=ImageFeature(), case_id=Value("string"), slice_index=Value("int32")
+    )
     (folder / "data").mkdir(parents=True, exist_ok=True)
     for split, split_rows in rows.items():
         table = {
-            "image": [{"bytes": _png(image), "path": f"{case}_{k:03d}.png"} for case, k, image, _ in split_rows],
-            "mask": [{"bytes": _png(mask), "path": f"{case}_{k:03d}_mask.png"} for case, k, _, mask in split_rows],
+            "image": [
+                {"bytes": _png(image), "path": f"{case}_{k:03d}.png"} for case, k, image, _ in split_rows
+            ],
+            "mask": [
+                {"bytes": _png(mask), "path": f"{case}_{k:03d}_mask.png"} for case, k, _, mask in split_rows
+            ],
             "case_id": [case for case, *_ in split_rows],
             "slice_index": [k for _, k, *_ in split_rows],
         }

@@ -31,7 +31,6 @@ from .readers import Volume
 from .registry import TaskSpec
 from .volumes import chunk_starts, fill_empty_slices, resample_volume
 
-
 UNKNOWN_SPACING = (float("nan"),) * 3
 
 
@@ -55,7 +54,9 @@ class ExampleBuilder:
         if self.empty_targets not in ("skip", "keep"):
             raise ValueError(f"empty_targets must be 'skip' or 'keep', got {self.empty_targets!r}.")
         if self.empty_targets == "keep" and self.prompt.kind == "box":
-            raise ValueError("empty_targets='keep' needs point prompts (not-a-point); a box cannot point at nothing.")
+            raise ValueError(
+                "empty_targets='keep' needs point prompts (not-a-point); a box cannot point at nothing."
+            )
 
     def image_examples(
         self,
@@ -82,7 +83,9 @@ class ExampleBuilder:
         """Examples of one volume: slice by slice (`depth=None`) or chunks of `depth` slices."""
         where = f"Task {self.spec.name!r}, case {case_id!r}: "
         if image.array.shape != label.array.shape:
-            raise ValueError(f"{where}image volume {image.array.shape} and label volume {label.array.shape} differ in shape.")
+            raise ValueError(
+                f"{where}image volume {image.array.shape} and label volume {label.array.shape} differ in shape."
+            )
         if image.array.size == 0:
             raise ValueError(f"{where}the volume is empty (shape {image.array.shape}).")
         if self.spec.target_spacing is not None:
@@ -103,7 +106,9 @@ class ExampleBuilder:
 
     def _decode(self, mask: np.ndarray, volume: bool, where: str) -> np.ndarray:
         spec = self.spec
-        return decode_mask(mask, spec.labels, spec.mask_encoding, spec.mask_threshold, volume=volume, where=where)
+        return decode_mask(
+            mask, spec.labels, spec.mask_encoding, spec.mask_threshold, volume=volume, where=where
+        )
 
     def _skip(self, label_map: np.ndarray) -> bool:
         return self.empty_targets == "skip" and not label_map.any()
@@ -113,7 +118,10 @@ class ExampleBuilder:
     ) -> list[dict[str, Any]]:
         num_slices = len(processed.targets)
         present = {
-            c: [bool((processed.targets[k] == c).any() and (processed.labels[k] == c).any()) for k in range(num_slices)]
+            c: [
+                bool((processed.targets[k] == c).any() and (processed.labels[k] == c).any())
+                for k in range(num_slices)
+            ]
             for c in self.spec.labels
         }
         examples = []
@@ -121,19 +129,29 @@ class ExampleBuilder:
             if not any(on_slice):
                 continue
             prompts = [
-                sample_prompt(processed.targets[k] == class_id, self.prompt, self._rng(case_id, first_slice + k, class_id))
+                sample_prompt(
+                    processed.targets[k] == class_id,
+                    self.prompt,
+                    self._rng(case_id, first_slice + k, class_id),
+                )
                 if on_slice[k]
                 else None
                 for k in range(num_slices)
             ]
             examples.append(
-                self._example(processed, fill_empty_slices(prompts, self.prompt), processed.labels == class_id, volumetric)
+                self._example(
+                    processed,
+                    fill_empty_slices(prompts, self.prompt),
+                    processed.labels == class_id,
+                    volumetric,
+                )
                 | {"class_id": class_id}
             )
         if not examples and self.empty_targets == "keep":
             prompts = [not_a_point_prompt(self.prompt)] * num_slices
             examples.append(
-                self._example(processed, prompts, np.zeros_like(processed.labels, bool), volumetric) | {"class_id": 0}
+                self._example(processed, prompts, np.zeros_like(processed.labels, bool), volumetric)
+                | {"class_id": 0}
             )
         metadata = {
             "case_id": str(case_id),
@@ -148,11 +166,19 @@ class ExampleBuilder:
         return np.random.default_rng(example_seed(self.seed, case_id, slice_index, class_id))
 
     @staticmethod
-    def _example(processed: ProcessedImages, prompts: list[dict], target: np.ndarray, volumetric: bool) -> dict:
+    def _example(
+        processed: ProcessedImages, prompts: list[dict], target: np.ndarray, volumetric: bool
+    ) -> dict:
         """Stacks n slices' pixel values, prompts (P = 1) and binary labels into one example."""
-        prompt_arrays = {key: np.stack([p[key] for p in prompts])[:, None] for key in prompts[0]}  # (n, 1, ...)
+        prompt_arrays = {
+            key: np.stack([p[key] for p in prompts])[:, None] for key in prompts[0]
+        }  # (n, 1, ...)
         labels = target.astype(np.int64)[:, None]  # (n, 1, Hm, Wm)
         if volumetric:
             pixel_values = processed.pixel_values.transpose(1, 0, 2, 3)  # (n, 3, S, S) -> (3, D=n, S, S)
             return {"pixel_values": np.ascontiguousarray(pixel_values), **prompt_arrays, "labels": labels}
-        return {"pixel_values": processed.pixel_values[0], **{k: v[0] for k, v in prompt_arrays.items()}, "labels": labels[0]}
+        return {
+            "pixel_values": processed.pixel_values[0],
+            **{k: v[0] for k, v in prompt_arrays.items()},
+            "labels": labels[0],
+        }

@@ -32,7 +32,6 @@ from .prompts import PromptConfig
 from .readers import pil_to_array, read_image, read_volume
 from .registry import TaskSpec, get_task
 
-
 DEMO_SCHEME = "demo://"
 TASK_FILE_NAMES = ("task.yaml", "task.yml", "task.json")
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".dcm")
@@ -85,7 +84,9 @@ def load_task(
     if split not in spec.splits:
         raise ValueError(f"Task {spec.name!r} has no split {split!r}; its splits are {sorted(spec.splits)}.")
     if depth is not None and spec.format != "volumes":
-        raise ValueError(f"`depth` makes 3-D chunks of volumes; task {spec.name!r} is a 2-D {spec.format} task.")
+        raise ValueError(
+            f"`depth` makes 3-D chunks of volumes; task {spec.name!r} is a 2-D {spec.format} task."
+        )
     if data_dir is not None:
         spec = replace(spec, repo_id=None, path=str(data_dir))
     spec = _resolve_demo(spec)
@@ -164,10 +165,14 @@ def _parquet_pairs(spec: TaskSpec, split: str, streaming: bool) -> IterableDatas
         dataset = load_dataset(spec.path, split=split, streaming=streaming)
     else:
         with _hub_access(spec):
-            dataset = load_dataset(spec.repo_id, spec.config, split=split, streaming=streaming, revision=spec.revision)
+            dataset = load_dataset(
+                spec.repo_id, spec.config, split=split, streaming=streaming, revision=spec.revision
+            )
     if not streaming:
         dataset = dataset.to_iterable_dataset(num_shards=max(1, min(len(dataset), 16)))
-    columns = [spec.image_column, spec.mask_column] + [c for c in (spec.case_id_column, spec.slice_column) if c]
+    columns = [spec.image_column, spec.mask_column] + [
+        c for c in (spec.case_id_column, spec.slice_column) if c
+    ]
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
         raise ValueError(
@@ -182,6 +187,7 @@ def _parquet_pairs(spec: TaskSpec, split: str, streaming: bool) -> IterableDatas
 
 def _matched_pairs(spec: TaskSpec, files: list[str]) -> list[dict[str, str]]:
     """Pairs image and label files by case id (file name without extension and `strip_suffixes`)."""
+
     def case_id(file: str) -> str:
         name = Path(file).name
         for suffix in VOLUME_SUFFIXES + IMAGE_SUFFIXES:
@@ -232,11 +238,23 @@ def _volume_cases(spec: TaskSpec, split: str) -> list[dict[str, str]]:
         for row in rows:
             missing = [k for k in (spec.image_column, spec.mask_column) if k not in row]
             if missing:
-                raise ValueError(f"Task {spec.name!r}: index row {row} has no key(s) {missing}; fix the spec's columns.")
+                raise ValueError(
+                    f"Task {spec.name!r}: index row {row} has no key(s) {missing}; fix the spec's columns."
+                )
             name = row.get(spec.case_id_column) if spec.case_id_column else None
-            cases.append({"case_id": str(name or Path(row[spec.image_column]).name), "image": row[spec.image_column], "label": row[spec.mask_column]})
+            cases.append(
+                {
+                    "case_id": str(name or Path(row[spec.image_column]).name),
+                    "image": row[spec.image_column],
+                    "label": row[spec.mask_column],
+                }
+            )
     else:
-        cases = [c for c in _matched_pairs(spec, _list_files(spec)) if hash_split(c["case_id"], spec.split_fractions) == split]
+        cases = [
+            c
+            for c in _matched_pairs(spec, _list_files(spec))
+            if hash_split(c["case_id"], spec.split_fractions) == split
+        ]
     if not cases:
         raise ValueError(f"Task {spec.name!r}: split {split!r} of {spec.source_name()} lists no case.")
     return cases
@@ -252,18 +270,26 @@ def _fetch(spec: TaskSpec, relative: str) -> Path:
     with _hub_access(spec):
         if Path(relative).suffix:
             return Path(hf_hub_download(spec.repo_id, relative, repo_type="dataset", revision=spec.revision))
-        root = snapshot_download(spec.repo_id, repo_type="dataset", revision=spec.revision, allow_patterns=f"{relative}/*")
+        root = snapshot_download(
+            spec.repo_id, repo_type="dataset", revision=spec.revision, allow_patterns=f"{relative}/*"
+        )
         return Path(root) / relative
 
 
-def _volume_examples(cases: list[dict[str, str]], spec: TaskSpec, builder: ExampleBuilder) -> Iterator[dict[str, Any]]:
+def _volume_examples(
+    cases: list[dict[str, str]], spec: TaskSpec, builder: ExampleBuilder
+) -> Iterator[dict[str, Any]]:
     for case in cases:  # one volume in memory at a time
         image, label = read_volume(_fetch(spec, case["image"])), read_volume(_fetch(spec, case["label"]))
         yield from map(_to_torch, builder.volume_examples(image, label, case["case_id"]))
 
 
 def _local_image_pairs(spec: TaskSpec, split: str) -> IterableDataset:
-    cases = [c for c in _matched_pairs(spec, _list_files(spec)) if hash_split(c["case_id"], spec.split_fractions) == split]
+    cases = [
+        c
+        for c in _matched_pairs(spec, _list_files(spec))
+        if hash_split(c["case_id"], spec.split_fractions) == split
+    ]
     if not cases:
         raise ValueError(f"Task {spec.name!r}: split {split!r} of {spec.source_name()} lists no image.")
     root = Path(spec.path)
@@ -306,13 +332,17 @@ def _content_id(value: Any) -> str:
 
 def _pair_examples(batch: dict[str, list], spec: TaskSpec, builder: ExampleBuilder) -> dict[str, list]:
     """`datasets` batched map (batch size 1): one image+mask row -> its examples (one per present class)."""
-    case_column = spec.case_id_column if spec.case_id_column in batch else "case_id" if "case_id" in batch else None
+    case_column = (
+        spec.case_id_column if spec.case_id_column in batch else "case_id" if "case_id" in batch else None
+    )
     out: dict[str, list] = defaultdict(list)
     for row in range(len(batch[spec.image_column])):
         image_cell = batch[spec.image_column][row]
         case_id = str(batch[case_column][row]) if case_column else _content_id(image_cell)
         slice_index = int(batch[spec.slice_column][row]) if spec.slice_column else 0
-        examples = builder.image_examples(_as_array(image_cell), _as_array(batch[spec.mask_column][row]), case_id, slice_index)
+        examples = builder.image_examples(
+            _as_array(image_cell), _as_array(batch[spec.mask_column][row]), case_id, slice_index
+        )
         for example in map(_to_torch, examples):
             for key, value in example.items():
                 out[key].append(value)

@@ -105,9 +105,13 @@ class SamPreprocessor:
 
     def __call__(self, images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray]) -> ProcessedImages:
         """`images` (H, W, 3) uint8 and `label_maps` (H, W) uint8, all of one size (slices of one volume)."""
-        encoding = self.image_processor(images=list(images), segmentation_maps=list(label_maps), return_tensors="np")
+        encoding = self.image_processor(
+            images=list(images), segmentation_maps=list(label_maps), return_tensors="np"
+        )
         targets = [
-            self.image_processor.resize(m[None], SizeDict(longest_edge=self.image_size), PILImageResampling.NEAREST)[0]
+            self.image_processor.resize(
+                m[None], SizeDict(longest_edge=self.image_size), PILImageResampling.NEAREST
+            )[0]
             for m in label_maps
         ]  # each (h, w): the same nearest resize the processor applies, without padding
         return ProcessedImages(

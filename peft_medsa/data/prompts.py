@@ -15,7 +15,6 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-
 NOT_A_POINT = -1  # SAM's label for "no point here" (its prompt encoder has a learned embedding for it)
 
 
@@ -50,14 +49,16 @@ class PromptConfig:
         return self.num_positive + self.num_negative
 
     @classmethod
-    def resolve(cls, prompt: "str | Mapping | PromptConfig") -> "PromptConfig":
+    def resolve(cls, prompt: str | Mapping | PromptConfig) -> PromptConfig:
         """Accepts a `PromptConfig`, a dict of its fields or a preset name (see `PROMPT_PRESETS`)."""
         if isinstance(prompt, PromptConfig):
             return prompt
         if isinstance(prompt, Mapping):
             return cls(**prompt)
         if prompt not in PROMPT_PRESETS:
-            raise ValueError(f"Unknown prompt preset {prompt!r}; choose one of {sorted(PROMPT_PRESETS)} or pass a PromptConfig.")
+            raise ValueError(
+                f"Unknown prompt preset {prompt!r}; choose one of {sorted(PROMPT_PRESETS)} or pass a PromptConfig."
+            )
         return PROMPT_PRESETS[prompt]
 
 
@@ -88,7 +89,10 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
     inter = ix * iy
-    area = lambda box: (box[2] - box[0] + 1) * (box[3] - box[1] + 1)  # noqa: E731
+
+    def area(box):
+        return (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
+
     return float(inter / (area(a) + area(b) - inter))
 
 
@@ -123,9 +127,12 @@ def tau_box(box: np.ndarray, tau: float, rng: np.random.Generator, frame: tuple[
     return np.concatenate([start, end]).astype(np.float32)
 
 
-def sample_points(mask: np.ndarray, config: PromptConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def sample_points(
+    mask: np.ndarray, config: PromptConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Clicks for a non-empty binary `mask` (h, w): points (N, 2) float32 (x, y) and labels (N,) int64 (1 inside,
     0 outside). Negatives come from the rest of the image; if there is none, they become not-a-point (-1)."""
+
     def draw(rows: np.ndarray, cols: np.ndarray, count: int) -> np.ndarray:
         picks = rng.choice(len(rows), size=count, replace=len(rows) < count)
         return np.stack([cols[picks], rows[picks]], axis=1)  # (count, 2) in (x, y)
@@ -153,7 +160,9 @@ def sample_box(mask: np.ndarray, config: PromptConfig, rng: np.random.Generator)
     if config.box_jitter:
         box = box + rng.uniform(-config.box_jitter, config.box_jitter, size=4).astype(np.float32)
     box = np.clip(box, 0, [width - 1, height - 1, width - 1, height - 1])
-    return np.array([min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])], np.float32)
+    return np.array(
+        [min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])], np.float32
+    )
 
 
 def sample_prompt(mask: np.ndarray, config: PromptConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -172,7 +181,9 @@ def not_a_point_prompt(config: PromptConfig) -> dict[str, np.ndarray]:
     }
 
 
-def next_click(prediction: np.ndarray, target: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def next_click(
+    prediction: np.ndarray, target: np.ndarray, scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """The next evaluation click for each mask of `prediction`/`target` (..., H, W), as in interactive SAM.
 
     Takes the largest connected error region: a missed region (target, not predicted) gives a positive click
@@ -190,7 +201,10 @@ def next_click(prediction: np.ndarray, target: np.ndarray, scale: float = 1.0) -
     labels = np.full(lead, NOT_A_POINT, np.int64)
     for index in np.ndindex(*lead):
         best_size, best = 0, None
-        for label, errors in ((1, target[index] & ~prediction[index]), (0, prediction[index] & ~target[index])):
+        for label, errors in (
+            (1, target[index] & ~prediction[index]),
+            (0, prediction[index] & ~target[index]),
+        ):
             components, count = ndimage.label(errors)
             if count:
                 sizes = np.bincount(components.ravel())[1:]

@@ -15,7 +15,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -45,7 +44,9 @@ def file_suffix(path: Path) -> str:
 
 def _to_lps_slices(array: np.ndarray, affine_ras: np.ndarray) -> Volume:
     """Reorients voxel axes to L, P, S and returns (S, P, L) = (D, H, W) with the matching spacing."""
-    ornt = nib.orientations.ornt_transform(nib.io_orientation(affine_ras), nib.orientations.axcodes2ornt("LPS"))
+    ornt = nib.orientations.ornt_transform(
+        nib.io_orientation(affine_ras), nib.orientations.axcodes2ornt("LPS")
+    )
     zooms = np.sqrt((affine_ras[:3, :3] ** 2).sum(axis=0))  # per input voxel axis
     spacing = np.empty(3)
     spacing[ornt[:, 0].astype(int)] = zooms
@@ -75,7 +76,9 @@ def _read_nrrd(path: Path) -> Volume:
         directions = np.diag(np.asarray(spacings, dtype=float))
     # pynrrd gives one row per axis; the affine wants one column per axis.
     affine = np.eye(4)
-    affine[:3, :3] = _NRRD_SPACES.get(header.get("space", "LPS"), _LPS_TO_RAS) @ np.asarray(directions, float).T
+    affine[:3, :3] = (
+        _NRRD_SPACES.get(header.get("space", "LPS"), _LPS_TO_RAS) @ np.asarray(directions, float).T
+    )
     return _to_lps_slices(array, affine)
 
 
@@ -97,8 +100,12 @@ def _read_dicom(path: Path) -> Volume:
     if not datasets:
         raise ValueError(f"{path}: no DICOM file with pixel data found.")
     row_spacing, col_spacing = (float(v) for v in datasets[0].get("PixelSpacing", [1.0, 1.0]))
-    slice_spacing = float(datasets[0].get("SpacingBetweenSlices", datasets[0].get("SliceThickness", 1.0)) or 1.0)
-    if len(datasets) > 1 and all("ImagePositionPatient" in d and "ImageOrientationPatient" in d for d in datasets):
+    slice_spacing = float(
+        datasets[0].get("SpacingBetweenSlices", datasets[0].get("SliceThickness", 1.0)) or 1.0
+    )
+    if len(datasets) > 1 and all(
+        "ImagePositionPatient" in d and "ImageOrientationPatient" in d for d in datasets
+    ):
         orientation = np.asarray(datasets[0].ImageOrientationPatient, float)
         normal = np.cross(orientation[:3], orientation[3:])
         positions = np.array([np.dot(normal, np.asarray(d.ImagePositionPatient, float)) for d in datasets])

@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 import yaml
 
-
 FORMATS = ("parquet", "volumes", "images")
 INTENSITY_KINDS = ("rgb", "window", "percentile", "minmax")
 MASK_ENCODINGS = ("index", "binary")
@@ -78,7 +77,9 @@ class TaskSpec:
     config: str | None = None
     revision: str | None = None
     path: str | None = None
-    splits: Mapping[str, str] = field(default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"})
+    splits: Mapping[str, str] = field(
+        default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"}
+    )
     image_column: str = "image"
     mask_column: str = "mask"
     case_id_column: str | None = None
@@ -87,7 +88,9 @@ class TaskSpec:
     image_glob: str | None = None
     label_glob: str | None = None
     strip_suffixes: tuple[str, ...] = ()
-    split_fractions: Mapping[str, float] = field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1})
+    split_fractions: Mapping[str, float] = field(
+        default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1}
+    )
     modality: str = "unknown"
     intensity: IntensityPolicy = IntensityPolicy()
     mask_encoding: Literal["index", "binary"] = "index"
@@ -102,29 +105,37 @@ class TaskSpec:
         if self.format not in FORMATS:
             raise ValueError(f"Task {self.name!r}: unknown format {self.format!r}; choose one of {FORMATS}.")
         if (self.repo_id is None) == (self.path is None):
-            raise ValueError(f"Task {self.name!r}: give exactly one source, `repo_id` (Hub) or `path` (local).")
+            raise ValueError(
+                f"Task {self.name!r}: give exactly one source, `repo_id` (Hub) or `path` (local)."
+            )
         if not self.labels:
             raise ValueError(f"Task {self.name!r}: `labels` (class id -> name) must not be empty.")
         bad = [k for k in self.labels if not 0 < int(k) < 256]
         if bad:
             raise ValueError(f"Task {self.name!r}: class ids must be in 1..255 (0 is background), got {bad}.")
         if self.mask_encoding not in MASK_ENCODINGS:
-            raise ValueError(f"Task {self.name!r}: unknown mask_encoding {self.mask_encoding!r}; use {MASK_ENCODINGS}.")
+            raise ValueError(
+                f"Task {self.name!r}: unknown mask_encoding {self.mask_encoding!r}; use {MASK_ENCODINGS}."
+            )
         if self.mask_encoding == "binary" and set(self.labels) != {1}:
             raise ValueError(f"Task {self.name!r}: a binary mask encoding needs exactly one class with id 1.")
         if self.format != "parquet" and not (self.index or (self.image_glob and self.label_glob)):
-            raise ValueError(f"Task {self.name!r}: a {self.format} task needs an `index` or both `image_glob` and `label_glob`.")
+            raise ValueError(
+                f"Task {self.name!r}: a {self.format} task needs an `index` or both `image_glob` and `label_glob`."
+            )
         if self.format == "images" and self.repo_id is not None:
             raise ValueError(f"Task {self.name!r}: the `images` format reads local folders only; use `path`.")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TaskSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskSpec:
         """Builds a spec from plain data (a parsed YAML/JSON file), rejecting unknown keys by name."""
         data = dict(data)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"Unknown task field(s) {unknown} in task {data.get('name')!r}; known fields: {sorted(known)}.")
+            raise ValueError(
+                f"Unknown task field(s) {unknown} in task {data.get('name')!r}; known fields: {sorted(known)}."
+            )
         missing = [key for key in ("name", "format", "labels") if key not in data]
         if missing:
             raise ValueError(f"Task {data.get('name')!r} is missing required field(s) {missing}.")
@@ -140,7 +151,7 @@ class TaskSpec:
         return cls(**data)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "TaskSpec":
+    def from_file(cls, path: str | Path) -> TaskSpec:
         """Reads a spec from a `.yaml`/`.yml`/`.json` file."""
         path = Path(path)
         if not path.is_file():
@@ -148,7 +159,9 @@ class TaskSpec:
         text = path.read_text()
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         if not isinstance(data, Mapping):
-            raise ValueError(f"Task file {path} must hold a mapping of task fields, got {type(data).__name__}.")
+            raise ValueError(
+                f"Task file {path} must hold a mapping of task fields, got {type(data).__name__}."
+            )
         return cls.from_dict(data)
 
     def source_name(self) -> str:
@@ -178,7 +191,9 @@ def register_task(task: TaskSpec | Mapping[str, Any] | str | Path, overwrite: bo
     else:
         spec = TaskSpec.from_file(task)
     if spec.name in _REGISTRY and not overwrite and _REGISTRY[spec.name] != spec:
-        raise ValueError(f"A task named {spec.name!r} is already registered; pass overwrite=True to replace it.")
+        raise ValueError(
+            f"A task named {spec.name!r} is already registered; pass overwrite=True to replace it."
+        )
     _REGISTRY[spec.name] = spec
     return spec
 

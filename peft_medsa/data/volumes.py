@@ -25,7 +25,7 @@ def resample_volume(
     """Resamples an image (linear) and its label map (nearest) to `target_spacing` (dz, dy, dx; None keeps
     that axis). Real interpolation on the voxel grid (`scipy.ndimage.zoom`, grid mode): never tiling."""
     current = np.asarray(image.spacing, float)
-    target = np.array([c if t is None else t for c, t in zip(current, target_spacing)], float)
+    target = np.array([c if t is None else t for c, t in zip(current, target_spacing, strict=False)], float)
     factors = current / target
     if np.allclose(factors, 1.0):
         return image, label
@@ -41,7 +41,9 @@ def chunk_starts(num_slices: int, depth: int, stride: int | None = None) -> list
     if depth < 1:
         raise ValueError(f"chunk depth must be >= 1, got {depth}.")
     if num_slices < depth:
-        raise ValueError(f"The volume has {num_slices} slices, fewer than the chunk depth {depth}; use a smaller `depth`.")
+        raise ValueError(
+            f"The volume has {num_slices} slices, fewer than the chunk depth {depth}; use a smaller `depth`."
+        )
     stride = depth if stride is None else stride
     starts = list(range(0, num_slices - depth + 1, stride))
     if starts[-1] != num_slices - depth:
@@ -49,7 +51,9 @@ def chunk_starts(num_slices: int, depth: int, stride: int | None = None) -> list
     return starts
 
 
-def fill_empty_slices(prompts: list[dict[str, np.ndarray] | None], config: PromptConfig) -> list[dict[str, np.ndarray]]:
+def fill_empty_slices(
+    prompts: list[dict[str, np.ndarray] | None], config: PromptConfig
+) -> list[dict[str, np.ndarray]]:
     """Gives every slice of a chunk a prompt, following the module's empty-slice policy (None = empty)."""
     present = [k for k, prompt in enumerate(prompts) if prompt is not None]
     if not present:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
 
 from transformers import HfArgumentParser, TrainingArguments
 
@@ -15,7 +14,9 @@ class ModelArguments:
 
     model_name_or_path: str = field(
         default="facebook/sam-vit-base",
-        metadata={"help": "A SAM checkpoint: a Hub id (facebook/sam-vit-base, wanglab/medsam-vit-base) or a folder."},
+        metadata={
+            "help": "A SAM checkpoint: a Hub id (facebook/sam-vit-base, wanglab/medsam-vit-base) or a folder."
+        },
     )
 
 
@@ -25,9 +26,13 @@ class TaskArguments:
 
     task: str = field(
         default="demo-2d",
-        metadata={"help": "A registered task (demo-2d, demo-3d, busi, kvasir-seg, btcv, ...) or a task YAML/JSON file."},
+        metadata={
+            "help": "A registered task (demo-2d, demo-3d, busi, kvasir-seg, btcv, ...) or a task YAML/JSON file."
+        },
     )
-    data_dir: Optional[str] = field(default=None, metadata={"help": "A local copy of a Hub task, in its layout."})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "A local copy of a Hub task, in its layout."}
+    )
     streaming: bool = field(
         default=True,
         metadata={
@@ -36,17 +41,28 @@ class TaskArguments:
         },
     )
     train_prompt: str = field(
-        default="box", metadata={"help": "Prompt preset for training: 1-click, 3-click, box, bbox-0.5, bbox-0.75."}
+        default="box",
+        metadata={"help": "Prompt preset for training: 1-click, 3-click, box, bbox-0.5, bbox-0.75."},
     )
-    eval_prompt: str = field(default="box", metadata={"help": "Prompt preset for evaluation (seeded: runs compare)."})
+    eval_prompt: str = field(
+        default="box", metadata={"help": "Prompt preset for evaluation (seeded: runs compare)."}
+    )
     prompt_seed: int = field(default=0, metadata={"help": "Seed of the simulated prompts (train and eval)."})
-    eval_split: str = field(default="validation", metadata={"help": "The split evaluated during and after training."})
-    depth: Optional[int] = field(
-        default=None,
-        metadata={"help": "Volumes: chunks of this many slices run as 5-D input through SD-Trans (None: 2-D slices)."},
+    eval_split: str = field(
+        default="validation", metadata={"help": "The split evaluated during and after training."}
     )
-    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Evaluate on at most this many examples."})
-    shuffle_buffer: int = field(default=256, metadata={"help": "Shuffle buffer of the streamed training set."})
+    depth: int | None = field(
+        default=None,
+        metadata={
+            "help": "Volumes: chunks of this many slices run as 5-D input through SD-Trans (None: 2-D slices)."
+        },
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate on at most this many examples."}
+    )
+    shuffle_buffer: int = field(
+        default=256, metadata={"help": "Shuffle buffer of the streamed training set."}
+    )
 
 
 @dataclass
@@ -55,14 +71,16 @@ class MedSAArguments:
 
     preset: str = field(default="paper", metadata={"help": "paper, official-code or encoder-only."})
     adapter_ratio: float = field(default=0.25, metadata={"help": "Bottleneck width / block width."})
-    activation: Optional[str] = field(default=None, metadata={"help": "relu or gelu (default: the preset's)."})
-    depth_attention: Optional[bool] = field(
+    activation: str | None = field(default=None, metadata={"help": "relu or gelu (default: the preset's)."})
+    depth_attention: bool | None = field(
         default=None, metadata={"help": "SD-Trans depth branch (default: on when --depth is set)."}
     )
     init_weights: str = field(default="identity", metadata={"help": "identity or linear-default."})
     dice_weight: float = field(default=1.0, metadata={"help": "Weight of the soft Dice loss."})
     bce_weight: float = field(default=1.0, metadata={"help": "Weight of the binary cross-entropy."})
-    iou_weight: float = field(default=0.0, metadata={"help": "Weight of SAM's IoU-head loss (0: off, as the paper)."})
+    iou_weight: float = field(
+        default=0.0, metadata={"help": "Weight of SAM's IoU-head loss (0: off, as the paper)."}
+    )
     multimask_output: bool = field(
         default=True, metadata={"help": "Predict 3 masks per prompt and train the best one (as SAM does)."}
     )
@@ -82,14 +100,16 @@ class MedSATrainingArguments(TrainingArguments):
     argument, the loss needs it) and pick the best checkpoint by Dice, not by loss."""
 
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep `labels` for the loss."})
-    label_names: Optional[list[str]] = field(default_factory=lambda: ["labels"], metadata={"help": "The targets."})
-    metric_for_best_model: Optional[str] = field(
+    label_names: list[str] | None = field(
+        default_factory=lambda: ["labels"], metadata={"help": "The targets."}
+    )
+    metric_for_best_model: str | None = field(
         default="dice", metadata={"help": "Metric of the best checkpoint (with --load_best_model_at_end)."}
     )
 
 
 def parse_arguments(
-    argv: Optional[list[str]] = None,
+    argv: list[str] | None = None,
 ) -> tuple[ModelArguments, TaskArguments, MedSAArguments, MedSATrainingArguments]:
     """Parse the four groups from the command line, or from one JSON or YAML file given as the only argument."""
     argv = sys.argv[1:] if argv is None else argv

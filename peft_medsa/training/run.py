@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from peft import PeftModel, get_peft_model
@@ -34,17 +34,31 @@ def build_model(model_args: ModelArguments, medsa_args: MedSAArguments, volumes:
 def training_set(task_args: TaskArguments, sam_config: Any, shuffle_seed: int) -> Any:
     """The training examples, shuffled through a buffer (`TaskArguments.shuffle_buffer`)."""
     examples = load_task(
-        task_args.task, split="train", streaming=task_args.streaming, prompt=task_args.train_prompt,
-        seed=task_args.prompt_seed, sam_config=sam_config, depth=task_args.depth, data_dir=task_args.data_dir,
+        task_args.task,
+        split="train",
+        streaming=task_args.streaming,
+        prompt=task_args.train_prompt,
+        seed=task_args.prompt_seed,
+        sam_config=sam_config,
+        depth=task_args.depth,
+        data_dir=task_args.data_dir,
     )
     return examples.shuffle(seed=shuffle_seed, buffer_size=task_args.shuffle_buffer)
 
 
-def evaluation_set(task_args: TaskArguments, sam_config: Any, split: str, prompt: str) -> list[dict[str, Any]]:
+def evaluation_set(
+    task_args: TaskArguments, sam_config: Any, split: str, prompt: str
+) -> list[dict[str, Any]]:
     """The evaluation examples, in a fixed order (metrics match them to their metadata by position)."""
     examples = load_task(
-        task_args.task, split=split, streaming=task_args.streaming, prompt=prompt, seed=task_args.prompt_seed,
-        sam_config=sam_config, depth=task_args.depth, data_dir=task_args.data_dir,
+        task_args.task,
+        split=split,
+        streaming=task_args.streaming,
+        prompt=prompt,
+        seed=task_args.prompt_seed,
+        sam_config=sam_config,
+        depth=task_args.depth,
+        data_dir=task_args.data_dir,
     )
     if task_args.max_eval_samples is not None:
         examples = examples.take(task_args.max_eval_samples)
@@ -52,7 +66,7 @@ def evaluation_set(task_args: TaskArguments, sam_config: Any, split: str, prompt
 
 
 def metrics_for(
-    examples: list[dict[str, Any]], class_names: dict[int, str], aggregator: Optional[MetricAggregator] = None
+    examples: list[dict[str, Any]], class_names: dict[int, str], aggregator: MetricAggregator | None = None
 ):
     """A Trainer `compute_metrics` that scores `examples` per class and per case (volumes in 3-D); pass an
     `aggregator` to read its per-case results after an evaluation."""
@@ -60,7 +74,9 @@ def metrics_for(
     return make_compute_metrics(aggregator or MetricAggregator(class_names), metadata=metadata)
 
 
-def box_baseline(examples: list[dict[str, Any]], class_names: dict[int, str], image_size: int) -> dict[str, float]:
+def box_baseline(
+    examples: list[dict[str, Any]], class_names: dict[int, str], image_size: int
+) -> dict[str, float]:
     """The metrics of the prompt box itself used as the mask: what a box gives with no model at all."""
     batch = SamDataCollator()(examples)
     if "input_boxes" not in batch:
@@ -82,10 +98,10 @@ def make_trainer(
     training_args: TrainingArguments,
     eval_set: list[dict[str, Any]],
     class_names: dict[int, str],
-    medsa_args: Optional[MedSAArguments] = None,
+    medsa_args: MedSAArguments | None = None,
     train_set: Any = None,
-    callbacks: Optional[list[TrainerCallback]] = None,
-    aggregator: Optional[MetricAggregator] = None,
+    callbacks: list[TrainerCallback] | None = None,
+    aggregator: MetricAggregator | None = None,
 ) -> MedSATrainer:
     """A MedSATrainer that scores `eval_set` per class and per case (volumes in 3-D)."""
     medsa_args = medsa_args or MedSAArguments()
@@ -107,7 +123,7 @@ def train(
     task_args: TaskArguments,
     medsa_args: MedSAArguments,
     training_args: TrainingArguments,
-    callbacks: Optional[list[TrainerCallback]] = None,
+    callbacks: list[TrainerCallback] | None = None,
 ) -> dict[str, float]:
     """Train an adapter, keep the best checkpoint by Dice, evaluate it, and write adapter + card + metrics."""
     set_seed(training_args.seed)
@@ -154,6 +170,16 @@ def _is_quality(key: str) -> bool:
 
 
 def _training_summary(args: TrainingArguments) -> dict[str, Any]:
-    keys = ("learning_rate", "max_steps", "num_train_epochs", "per_device_train_batch_size",
-            "gradient_accumulation_steps", "weight_decay", "lr_scheduler_type", "warmup_steps", "seed", "bf16")
+    keys = (
+        "learning_rate",
+        "max_steps",
+        "num_train_epochs",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "weight_decay",
+        "lr_scheduler_type",
+        "warmup_steps",
+        "seed",
+        "bf16",
+    )
     return json.loads(json.dumps({key: getattr(args, key) for key in keys}, default=str))

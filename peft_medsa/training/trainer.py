@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from transformers import Trainer
@@ -18,7 +18,9 @@ class MedSATrainer(Trainer):
     defaults, so that evaluation hands `labels` to `compute_metrics`.
     """
 
-    def __init__(self, *args: Any, loss_fn: Optional[MedSALoss] = None, multimask_output: bool = True, **kwargs: Any):
+    def __init__(
+        self, *args: Any, loss_fn: MedSALoss | None = None, multimask_output: bool = True, **kwargs: Any
+    ):
         super().__init__(*args, **kwargs)
         if self.args.label_names is None:  # the Trainer would guess `input_labels`, a prompt input
             self.args.label_names = self.label_names = ["labels"]
@@ -34,7 +36,7 @@ class MedSATrainer(Trainer):
         model: torch.nn.Module,
         inputs: dict[str, torch.Tensor],
         return_outputs: bool = False,
-        num_items_in_batch: Optional[torch.Tensor] = None,
+        num_items_in_batch: torch.Tensor | None = None,
     ):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
@@ -43,6 +45,10 @@ class MedSATrainer(Trainer):
         if return_outputs and labels.ndim == 5:
             # Volumes: the model answers per slice (B*D, P, ...); evaluation gathers and truncates along the batch
             # of volumes, so hand it (B, D*P, ...). compute_metrics splits the slices again.
-            outputs["pred_masks"] = outputs.pred_masks.reshape(labels.shape[0], -1, *outputs.pred_masks.shape[2:])
-            outputs["iou_scores"] = outputs.iou_scores.reshape(labels.shape[0], -1, outputs.iou_scores.shape[-1])
+            outputs["pred_masks"] = outputs.pred_masks.reshape(
+                labels.shape[0], -1, *outputs.pred_masks.shape[2:]
+            )
+            outputs["iou_scores"] = outputs.iou_scores.reshape(
+                labels.shape[0], -1, outputs.iou_scores.shape[-1]
+            )
         return (loss, outputs) if return_outputs else loss

@@ -76,7 +76,7 @@ class MedsaMetric(evaluate.Metric):
     ):
         aggregator = MetricAggregator(class_names, tolerance_mm=tolerance_mm, threshold=threshold)
         shared_spacing = spacing is None or np.isscalar(spacing[0])
-        for i, (prediction, reference) in enumerate(zip(predictions, references)):
+        for i, (prediction, reference) in enumerate(zip(predictions, references, strict=False)):
             aggregator.add(
                 np.asarray(prediction, dtype=np.float32),
                 np.asarray(reference, dtype=np.float32),
