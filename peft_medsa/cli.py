@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
 
-EPILOG = "Prompts are in the input's pixel frame: x = column, y = row. See `medsa COMMAND --help`."
+EPILOG = (
+    "Prompts: 2-D images in pixels (x = column, y = row); volumes in the file's voxel indices (i, j on "
+    "slice k of the third axis, as ITK-SNAP and 3D Slicer show them). See `medsa COMMAND --help`."
+)
 
 
 class UsageError(Exception):
@@ -58,8 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict",
         help="segment a PNG/JPEG/DICOM image or a NIfTI/NRRD volume",
-        description="Write the mask in the input's format and geometry, and an overlay PNG to look at. "
-        "For a volume, slice k is data[:, :, k] of the file's voxel array (x = axis 1, y = axis 0).",
+        description="Write the mask in the input's format and geometry (NIfTI/NRRD: same shape, affine and "
+        "header; DICOM: a DICOM-SEG in a new series, saved as .dcm), and an overlay PNG to look at. Prompts: "
+        "2-D images in pixels, x = column, y = row; volumes in the file's voxel indices as ITK-SNAP and 3D "
+        "Slicer show them: --point I J / --box I1 J1 I2 J2 on slice K of the third voxel axis (--slices).",
     )
     predict.add_argument("input", type=Path, help="image (.png .jpg .dcm) or volume (.nii .nii.gz .nrrd)")
     predict.add_argument("--model", required=True, help="SAM checkpoint: Hub id or folder")
@@ -70,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         action="append",
         default=[],
-        metavar=("X", "Y"),
-        help="positive click (repeatable)",
+        metavar=("X|I", "Y|J"),
+        help="positive click: column and row of an image, voxel indices i j of a volume (repeatable)",
     )
     predict.add_argument(
         "--negative-point",
@@ -79,16 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         action="append",
         default=[],
-        metavar=("X", "Y"),
+        metavar=("X|I", "Y|J"),
         help="negative click",
     )
-    predict.add_argument("--box", nargs=4, type=float, metavar=("X1", "Y1", "X2", "Y2"))
-    predict.add_argument("--slices", help="volumes: slice range for --point/--box, e.g. 10:20 (default: all)")
-    predict.add_argument("--boxes-file", type=Path, help='volumes: JSON {"slice": [x1, y1, x2, y2], ...}')
+    predict.add_argument("--box", nargs=4, type=float, metavar=("X1|I1", "Y1|J1", "X2|I2", "Y2|J2"))
+    predict.add_argument(
+        "--slices",
+        help="volumes: slices K (third voxel axis) for --point/--box: K or START:STOP (default: all)",
+    )
+    predict.add_argument("--boxes-file", type=Path, help='volumes: JSON {"K": [i1, j1, i2, j2], ...}')
     predict.add_argument(
         "--depth", type=int, default=8, help="volumes with an SD-Trans adapter: slices per chunk"
     )
-    predict.add_argument("--output", type=Path, required=True, help="mask file, same format as the input")
+    predict.add_argument(
+        "--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available, else cpu)"
+    )
+    predict.add_argument(
+        "--output", type=Path, required=True, help="mask file: the input's format (.dcm: a DICOM-SEG)"
+    )
     predict.add_argument("--overlay", type=Path, help="overlay PNG (default: OUTPUT with .overlay.png)")
     predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
     predict.set_defaults(handler=_predict)
@@ -190,18 +204,21 @@ def _predict(args: argparse.Namespace) -> None:
     overlay = args.overlay or args.output.with_name(args.output.name.split(".")[0] + ".overlay.png")
     _refuse_overwrite([args.output, overlay], args.overwrite)
     prompts = _prompts(args)
-    segmenter = Segmenter(load_model(args.model, args.adapter))
-    image, mask, index = predict_file(segmenter, args.input, args.output, prompts, depth=args.depth)
-    write_overlay(image, mask, prompts[index], overlay)
-    print(f"mask: {args.output} ({int(mask.sum())} px on slice {index}); overlay: {overlay}")
+    segmenter = Segmenter(load_model(args.model, args.adapter), device=args.device)
+    shown = predict_file(segmenter, args.input, args.output, prompts, depth=args.depth)
+    write_overlay(shown.image, shown.mask, shown.prompt, overlay)
+    print(
+        f"mask: {args.output} ({int(shown.mask.sum())} px on slice {shown.slice_index}); overlay: {overlay}"
+    )
 
 
-def _prompts(args: argparse.Namespace) -> dict:
+def _prompts(args: argparse.Namespace):
+    """One `Prompt` (a 2-D image, or every slice of a volume) or a mapping slice K -> `Prompt`."""
     from .predict import Prompt, read_boxes_file
 
     if args.boxes_file:
-        if args.point or args.negative_point or args.box:
-            raise UsageError("Give either --boxes-file or --point/--box, not both.")
+        if args.point or args.negative_point or args.box or args.slices:
+            raise UsageError("Give either --boxes-file or --point/--box (with --slices), not both.")
         if not args.boxes_file.exists():
             raise UsageError(f"No boxes file at {args.boxes_file}.")
         return read_boxes_file(args.boxes_file)
@@ -214,36 +231,21 @@ def _prompts(args: argparse.Namespace) -> dict:
         raise UsageError(
             "Give a prompt: --point X Y (repeatable), --box X1 Y1 X2 Y2, or --boxes-file for a volume."
         )
-    if args.slices is None:
-        return (
-            {0: prompt}
-            if not _is_volume(args.input)
-            else dict.fromkeys(range(_num_slices(args.input)), prompt)
+    return prompt if args.slices is None else dict.fromkeys(_slice_range(args.slices), prompt)
+
+
+def _slice_range(text: str) -> range:
+    """`K` or `START:STOP` (STOP excluded), whole numbers >= 0."""
+    match = re.fullmatch(r"(\d+)(?::(\d+))?", text.strip())
+    if not match:
+        raise UsageError(
+            f"--slices {text!r}: expected K or START:STOP with whole numbers >= 0 (e.g. 10:20, STOP excluded)."
         )
-    start, _, stop = args.slices.partition(":")
-    try:
-        indices = range(int(start), int(stop) if stop else int(start) + 1)
-    except ValueError:
-        raise UsageError(f"--slices takes START:STOP (e.g. 10:20), got {args.slices!r}.") from None
-    return dict.fromkeys(indices, prompt)
-
-
-def _is_volume(path: Path) -> bool:
-    from .data.readers import NIFTI_SUFFIXES, NRRD_SUFFIXES, file_suffix
-
-    return file_suffix(path) in NIFTI_SUFFIXES + NRRD_SUFFIXES
-
-
-def _num_slices(path: Path) -> int:
-    from .data.readers import NIFTI_SUFFIXES, file_suffix
-
-    if file_suffix(path) in NIFTI_SUFFIXES:
-        import nibabel as nib
-
-        return nib.load(str(path)).shape[2]
-    import nrrd
-
-    return nrrd.read_header(str(path))["sizes"][2]
+    start = int(match[1])
+    stop = int(match[2]) if match[2] is not None else start + 1
+    if stop <= start:
+        raise UsageError(f"--slices {text!r}: START must be smaller than STOP (STOP is excluded), e.g. 3:6.")
+    return range(start, stop)
 
 
 if __name__ == "__main__":

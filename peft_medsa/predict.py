@@ -1,13 +1,31 @@
 """Segmenting files with a Med-SA adapter: a 2-D image or a volume in, a mask in the same format and geometry out.
 
-Prompts are in the input's own pixel frame: x is the column, y the row. For a volume, slice k is
-`data[:, :, k]` of the file's voxel array (as nibabel or pynrrd load it), so x indexes axis 1 and y axis 0.
+Files are read through `data/readers.py`, the reader training uses, so the model sees exactly the slices it
+was trained on (the canonical (S, P, L) orientation), and the mask goes back in the input's own voxel order.
+
+Prompt frame (the command line's and `predict_file`'s):
+- 2-D images (PNG/JPEG, single-frame DICOM): x is the column, y the row, in pixels.
+- Volumes (NIfTI/NRRD): the file's own voxel indices, as ITK-SNAP and 3D Slicer show them: a click (i, j) on
+  slice k is voxel [i, j, k] of the array as stored (nibabel's `dataobj`, pynrrd's `read`); slices are the
+  third voxel axis. Prompts are converted once into the canonical frame. The file's third axis must be its
+  slice (inferior-superior) axis, as in axial scans; otherwise prediction refuses with a message saying how to
+  reorient the file.
+
+Outputs, written atomically (a temporary file in the output's folder, then `os.replace`, so a failed write
+leaves no partial file and an input can be its own output):
+- NIfTI / NRRD: a uint8 0/1 mask with the input's shape, affine and header (intensity scaling reset);
+- DICOM: a DICOM Segmentation (SEG, via highdicom) in a new series that references the source image, saved
+  as `.dcm`: a SEG object, not an image, so viewers and PACS file it beside the scan, not inside its series;
+- PNG/JPEG: a 0/255 grayscale picture.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,11 +38,28 @@ from tqdm.auto import tqdm
 from transformers import SamModel
 
 from .data.preprocessing import SamPreprocessor, to_rgb, to_uint8
-from .data.readers import DICOM_SUFFIXES, NIFTI_SUFFIXES, NRRD_SUFFIXES, file_suffix, read_image
+from .data.readers import (
+    DICOM_SUFFIXES,
+    NIFTI_SUFFIXES,
+    NRRD_SUFFIXES,
+    FileLayout,
+    Volume,
+    file_suffix,
+    read_image,
+    read_volume,
+)
 from .data.registry import IntensityPolicy
+from .errors import MedSAFileError, MedSAValueError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SUPPORTED = IMAGE_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES + NRRD_SUFFIXES
+# The suffixes a mask may be written with, per input suffix (NRRD masks are always attached `.nrrd` files).
+OUTPUT_SUFFIXES = {
+    **dict.fromkeys(IMAGE_SUFFIXES, IMAGE_SUFFIXES),
+    **dict.fromkeys(NIFTI_SUFFIXES, NIFTI_SUFFIXES),
+    **dict.fromkeys(NRRD_SUFFIXES, (".nrrd",)),
+    **dict.fromkeys(DICOM_SUFFIXES, DICOM_SUFFIXES),
+}
 
 
 @dataclass
@@ -35,35 +70,83 @@ class Prompt:
     negative_points: list[tuple[float, float]] = field(default_factory=list)
     box: tuple[float, float, float, float] | None = None
 
-    def check_inside(self, height: int, width: int, where: str) -> None:
+    def check(self, width: int, height: int, where: str, axes: str = "x, y") -> None:
+        """Refuses non-finite coordinates, coordinates outside a `width` x `height` frame and empty boxes."""
+        first, second = axes.split(", ")
         coordinates = [*self.points, *self.negative_points] + (
             [self.box[:2], self.box[2:]] if self.box else []
         )
+        if not all(math.isfinite(v) for c in coordinates for v in c):
+            raise MedSAValueError(f"{where}: prompt coordinates must be finite numbers, got {coordinates}.")
         outside = [c for c in coordinates if not (0 <= c[0] < width and 0 <= c[1] < height)]
         if outside:
-            raise ValueError(
-                f"{where}: prompt coordinates {outside} lie outside the image ({width} x {height} px, x < {width}, y < {height})."
+            raise MedSAValueError(
+                f"{where}: prompt coordinates {outside} lie outside the image; expected {first} in "
+                f"[0, {width}) and {second} in [0, {height})."
             )
         if self.box and (self.box[2] <= self.box[0] or self.box[3] <= self.box[1]):
-            raise ValueError(f"{where}: the box {self.box} must have x1 < x2 and y1 < y2.")
+            raise MedSAValueError(
+                f"{where}: the box {self.box} must have {first}1 < {first}2 and {second}1 < {second}2."
+            )
+
+    def moved(self, to: Callable[[float, float], tuple[float, float]]) -> Prompt:
+        """The same prompt in another frame; `to` maps one (x, y). Box corners are re-sorted (a flip swaps them)."""
+        box = None
+        if self.box:
+            (xa, ya), (xb, yb) = to(*self.box[:2]), to(*self.box[2:])
+            box = (min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb))
+        return Prompt([to(*p) for p in self.points], [to(*p) for p in self.negative_points], box)
+
+
+@dataclass
+class Prediction:
+    """One slice of what `predict_file` wrote, to look at: the `image` and `mask` (H, W) with the `prompt` on
+    it, in the canonical (viewing) frame; `slice_index` is the file's slice k (0 for a 2-D image)."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    prompt: Prompt
+    slice_index: int
 
 
 def read_boxes_file(path: Path) -> dict[int, Prompt]:
-    """A JSON file `{"<slice>": [x1, y1, x2, y2], ...}`: one box per prompted slice of a volume."""
+    """A JSON file `{"<k>": [i1, j1, i2, j2], ...}`: one box per prompted slice k of a volume."""
+    expected = f'{path}: expected JSON like {{"12": [i1, j1, i2, j2]}}, one box of 4 numbers per slice'
     try:
         boxes = json.loads(Path(path).read_text())
-        return {int(index): Prompt(box=tuple(float(v) for v in box)) for index, box in boxes.items()}
-    except (ValueError, TypeError, AttributeError) as error:
-        raise ValueError(
-            f'{path}: expected JSON like {{"12": [x1, y1, x2, y2]}}, one box per slice ({error}).'
-        ) from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise MedSAValueError(f"{expected}; the file is not valid JSON ({error}).") from None
+    if not isinstance(boxes, dict) or not boxes:
+        raise MedSAValueError(f"{expected}; got {type(boxes).__name__} {str(boxes)[:80]}.")
+    prompts = {}
+    for key, box in boxes.items():
+        if not key.isdigit():
+            raise MedSAValueError(f"{expected}; {key!r} is not a slice index (a whole number >= 0).")
+        numeric = isinstance(box, list) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in box
+        )
+        if not numeric or len(box) != 4:
+            raise MedSAValueError(f"{expected}; slice {key} has {box!r}.")
+        prompts[int(key)] = Prompt(box=tuple(float(v) for v in box))
+    return prompts
+
+
+def default_device() -> str:
+    """CUDA when present, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class Segmenter:
     """Runs a (Med-SA adapted) SamModel on raw 2-D slices with prompts in their own pixel frame."""
 
-    def __init__(self, model: torch.nn.Module, intensity: IntensityPolicy | None = None):
-        self.model = model.eval()
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        intensity: IntensityPolicy | None = None,
+        device: str | torch.device | None = None,
+    ):
+        self.device = _device(device)
+        self.model = model.eval().to(self.device)
         vision = model.config.vision_config
         self.image_size = vision.image_size
         self.preprocessor = SamPreprocessor(self.image_size, 4 * (self.image_size // vision.patch_size))
@@ -85,9 +168,9 @@ class Segmenter:
         if self.depth_attention and len(slices) > 1:
             pixel_values = pixel_values.transpose(0, 1)[None]  # (1, 3, n, S, S): one volume
         inputs = {"pixel_values": pixel_values, **_prompt_tensors(prompts, scale)}
-        outputs = self.model(**inputs)
+        outputs = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
         best = outputs.iou_scores[:, 0].argmax(dim=-1)  # (n,)
-        logits = outputs.pred_masks[torch.arange(len(slices)), 0, best]  # (n, h, w)
+        logits = outputs.pred_masks[torch.arange(len(slices)), 0, best].float().cpu()  # (n, h, w)
         masks = self.preprocessor.image_processor.post_process_masks(  # unpad, resize to the input's size
             logits[:, None, None],
             [processed.original_size] * len(slices),
@@ -96,11 +179,21 @@ class Segmenter:
         return np.stack([m[0, 0].numpy() for m in masks])  # (n, H, W) bool
 
 
+def _device(device: str | torch.device | None) -> torch.device:
+    try:
+        device = torch.device(device or default_device())
+    except RuntimeError as error:
+        raise MedSAValueError(f"Unknown device {device!r} ({error}); use e.g. cpu, cuda or cuda:0.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MedSAValueError(f"Device {device} asked for, but no CUDA GPU is available; use --device cpu.")
+    return device
+
+
 def _prompt_tensors(prompts: Sequence[Prompt], scale: float) -> dict[str, torch.Tensor]:
     """SamModel's prompt inputs for n prompts, rescaled to the model frame (all with boxes, or all without)."""
     kinds = {p.box is not None for p in prompts}
     if len(kinds) != 1:
-        raise ValueError("Give every slice a box, or none of them.")
+        raise MedSAValueError("Give every slice a box, or none of them.")
     tensors = {}
     if kinds.pop():
         tensors["input_boxes"] = (
@@ -109,71 +202,122 @@ def _prompt_tensors(prompts: Sequence[Prompt], scale: float) -> dict[str, torch.
     counts = {len(p.points) + len(p.negative_points) for p in prompts}
     if counts != {0}:
         if len(counts) != 1:
-            raise ValueError("Give every slice the same number of clicks.")
+            raise MedSAValueError("Give every slice the same number of clicks.")
         points = [[*p.points, *p.negative_points] for p in prompts]
         labels = [[1] * len(p.points) + [0] * len(p.negative_points) for p in prompts]
         tensors["input_points"] = torch.tensor(points, dtype=torch.float32)[:, None] * scale  # (n, 1, N, 2)
         tensors["input_labels"] = torch.tensor(labels)[:, None]  # (n, 1, N)
     if not tensors:
-        raise ValueError("No prompt given: pass clicks, a box, or a boxes file.")
+        raise MedSAValueError("No prompt given: pass clicks, a box, or a boxes file.")
     return tensors
 
 
 def predict_file(
     segmenter: Segmenter,
-    input_path: Path,
-    output_path: Path,
-    prompts: Mapping[int, Prompt],
+    input_path: str | Path,
+    output_path: str | Path,
+    prompts: Prompt | Mapping[int, Prompt],
     depth: int = 8,
-) -> tuple[np.ndarray, np.ndarray, int]:
+) -> Prediction:
     """Segment `input_path` and write the mask to `output_path` in the input's format and geometry.
 
-    `prompts` maps a slice index to its prompt (index 0 for a 2-D image). Returns the image, the mask
-    (for volumes, of the middle prompted slice) and that slice's index, for an overlay.
+    `prompts` is one prompt (for a 2-D image, or for every slice of a volume) or a mapping slice k -> prompt,
+    in the frame the module describes. Returns the middle prompted slice, for an overlay.
     """
+    input_path, output_path = Path(input_path), Path(output_path)
     suffix = file_suffix(input_path)
     if suffix not in SUPPORTED:
-        raise ValueError(f"{input_path}: unsupported format {suffix!r}; use one of {', '.join(SUPPORTED)}.")
-    if file_suffix(output_path) != suffix:
-        raise ValueError(f"The output {output_path} must have the input's format ({suffix}).")
+        raise MedSAFileError(
+            f"{input_path}: unsupported format {suffix!r}; use one of {', '.join(SUPPORTED)}."
+        )
+    if file_suffix(output_path) not in OUTPUT_SUFFIXES[suffix]:
+        raise MedSAValueError(
+            f"The output {output_path} must be a {' or '.join(OUTPUT_SUFFIXES[suffix])} file for a {suffix} input"
+            + (" (the mask is a DICOM Segmentation object)." if suffix in DICOM_SUFFIXES else ".")
+        )
     if suffix in NIFTI_SUFFIXES + NRRD_SUFFIXES:
         return _predict_volume(segmenter, input_path, output_path, prompts, depth)
-    image = read_image(input_path)
-    prompt = prompts.get(0)
-    if prompt is None or len(prompts) != 1:
-        raise ValueError(
-            f"{input_path} is a 2-D image: give one prompt (clicks or a box), not per-slice boxes."
+    if isinstance(prompts, Mapping):
+        if list(prompts) != [0]:
+            raise MedSAValueError(
+                f"{input_path} is a 2-D image: give one prompt (clicks or a box), not per-slice prompts."
+            )
+        prompts = prompts[0]
+    source = read_volume(input_path) if suffix in DICOM_SUFFIXES else None
+    if source is not None and len(source.array) != 1:
+        raise MedSAFileError(
+            f"{input_path}: expected a single-frame DICOM image, got {len(source.array)} frames."
         )
-    prompt.check_inside(*image.shape[:2], where=str(input_path))
-    mask = segmenter([image], [prompt])[0]
-    if suffix in DICOM_SUFFIXES:
-        _write_dicom_mask(input_path, output_path, mask)
+    image = read_image(input_path) if source is None else source.array[0]
+    _check_contrast(image, str(input_path))
+    prompts.check(image.shape[1], image.shape[0], str(input_path), axes="x, y")
+    mask = segmenter([image], [prompts])[0]
+    if source is not None:
+        atomic_write(output_path, lambda path: _write_dicom_seg(source, mask[None], path))
     else:
-        Image.fromarray(mask.astype(np.uint8) * 255).save(output_path)
-    return image, mask, 0
+        atomic_write(output_path, lambda path: Image.fromarray(mask.astype(np.uint8) * 255).save(path))
+    return Prediction(image, mask, prompts, 0)
 
 
 def _predict_volume(
-    segmenter: Segmenter, input_path: Path, output_path: Path, prompts: Mapping[int, Prompt], depth: int
-):
-    data, write = _load_volume(input_path)
-    if data.ndim != 3 or data.size == 0:
-        raise ValueError(f"{input_path}: expected a non-empty 3-D volume, got shape {data.shape}.")
-    outside = sorted(k for k in prompts if not 0 <= k < data.shape[2])
-    if outside:
-        raise ValueError(
-            f"{input_path}: prompted slices {outside} do not exist (the volume has {data.shape[2]} slices, 0..{data.shape[2] - 1})."
-        )
-    for index, prompt in prompts.items():
-        prompt.check_inside(data.shape[0], data.shape[1], where=f"{input_path}, slice {index}")
-    mask = np.zeros(data.shape, dtype=np.uint8)
-    runs = _consecutive_runs(sorted(prompts), depth if segmenter.depth_attention else 1)
+    segmenter: Segmenter,
+    input_path: Path,
+    output_path: Path,
+    prompts: Prompt | Mapping[int, Prompt],
+    depth: int,
+) -> Prediction:
+    volume = read_volume(input_path)
+    _check_contrast(volume.array, str(input_path))
+    canonical, file_slices = _canonical_prompts(volume.layout, prompts, str(input_path))
+    mask = np.zeros(volume.array.shape, dtype=np.uint8)
+    runs = _consecutive_runs(sorted(canonical), depth if segmenter.depth_attention else 1)
     for run in tqdm(runs, desc="slices", unit="chunk", disable=len(runs) < 4):
-        slices = [data[:, :, k] for k in run]
-        mask[:, :, run] = segmenter(slices, [prompts[k] for k in run], reference=data).transpose(1, 2, 0)
-    write(output_path, mask)
-    middle = sorted(prompts)[len(prompts) // 2]
-    return data[:, :, middle], mask[:, :, middle].astype(bool), middle
+        slices = [volume.array[d] for d in run]
+        mask[run] = segmenter(slices, [canonical[d] for d in run], reference=volume.array)
+    write = _write_nifti if file_suffix(input_path) in NIFTI_SUFFIXES else _write_nrrd
+    atomic_write(output_path, lambda path: write(volume, mask, path))
+    middle = sorted(canonical)[len(canonical) // 2]
+    return Prediction(volume.array[middle], mask[middle].astype(bool), canonical[middle], file_slices[middle])
+
+
+def _canonical_prompts(
+    layout: FileLayout, prompts: Prompt | Mapping[int, Prompt], where: str
+) -> tuple[dict[int, Prompt], dict[int, int]]:
+    """Prompts on file slices k with (i, j) voxel indices -> prompts on canonical slices d with (x=w, y=h),
+    and each canonical slice's file index k."""
+    if layout.slice_axis != 2:
+        axes = "".join(
+            nib.orientations.ornt2axcodes(layout.orientation, (("R", "L"), ("A", "P"), ("I", "S")))
+        )
+        raise MedSAValueError(
+            f"{where}: the file's voxel axes run toward {axes}, so its third axis is not the slice "
+            "(inferior-superior) axis that prompts and training use; save it with the slice axis third "
+            "(e.g. nibabel.as_closest_canonical) and give prompts in that file's voxel indices."
+        )
+    nx, ny, nz = layout.shape[:3]
+    if isinstance(prompts, Prompt):
+        prompts = dict.fromkeys(range(nz), prompts)
+    missing = sorted(k for k in prompts if not 0 <= k < nz)
+    if missing:
+        raise MedSAValueError(
+            f"{where}: prompted slices {missing} do not exist; expected slice indices k in 0..{nz - 1} "
+            "(the file's third voxel axis)."
+        )
+    canonical, file_slices = {}, {}
+    for k, prompt in prompts.items():
+        prompt.check(nx, ny, f"{where}, slice {k}", axes="i, j")
+        d = round(layout.to_canonical((0, 0, k))[0])
+        canonical[d] = prompt.moved(lambda i, j, k=k: layout.to_canonical((i, j, k))[:0:-1])  # (x=w, y=h)
+        file_slices[d] = k
+    return canonical, file_slices
+
+
+def _check_contrast(array: np.ndarray, where: str) -> None:
+    if array.min() == array.max():
+        raise MedSAValueError(
+            f"{where}: every pixel has the value {array.flat[0]}; expected an image with some contrast to "
+            "segment (is it blank, or the wrong file?)."
+        )
 
 
 def _consecutive_runs(indices: list[int], depth: int) -> list[list[int]]:
@@ -187,49 +331,86 @@ def _consecutive_runs(indices: list[int], depth: int) -> list[list[int]]:
     return runs
 
 
-def _load_volume(path: Path):
-    """The voxel array and a writer that saves a mask with the same geometry (NIfTI affine, NRRD header)."""
-    if file_suffix(path) in NIFTI_SUFFIXES:
-        image = nib.load(str(path))
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Calls `write(temporary_path)` on a temporary file beside `path` (same suffix), then renames it onto
+    `path`: readers see the old file or the complete new one, and a failed write leaves nothing behind."""
+    path = Path(path)
+    descriptor, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name.split('.')[0]}-", suffix=f".partial{file_suffix(path)}"
+    )
+    os.close(descriptor)
+    try:
+        write(Path(temporary))
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 is for the temporary name only
+        os.replace(temporary, path)
+    except OSError as error:
+        raise MedSAFileError(
+            f"{path}: could not write the file ({error}); free some disk space or choose another output."
+        ) from error
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
 
-        def write(output: Path, mask: np.ndarray) -> None:
-            header = image.header.copy()
-            header.set_data_dtype(np.uint8)
-            header.set_slope_inter(1, 0)
-            nib.save(nib.Nifti1Image(mask, image.affine, header), str(output))
 
-        return np.asanyarray(image.dataobj), write
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_nifti(volume: Volume, mask: np.ndarray, path: Path) -> None:
+    """The canonical mask in the source NIfTI's voxel order, shape, affine and header, as uint8 0/1."""
+    header = volume.layout.header.copy()
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1, 0)
+    image_type = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    image = image_type(volume.layout.to_file_order(mask), header.get_best_affine(), header)
+    nib.save(image, str(path))
+
+
+def _write_nrrd(volume: Volume, mask: np.ndarray, path: Path) -> None:
+    """The canonical mask in the source NRRD's voxel order with its space, directions and origin."""
     import nrrd
 
-    data, header = nrrd.read(str(path))
-
-    def write(output: Path, mask: np.ndarray) -> None:
-        nrrd.write(str(output), mask, header={**header, "type": "uint8", "encoding": "gzip"})
-
-    return data, write
+    encoding = {"type", "encoding", "endian", "data file", "datafile", "line skip", "byte skip"}
+    header = {k: v for k, v in volume.layout.header.items() if k not in encoding}
+    nrrd.write(str(path), volume.layout.to_file_order(mask), header={**header, "encoding": "gzip"})
 
 
-def _write_dicom_mask(input_path: Path, output_path: Path, mask: np.ndarray) -> None:
-    """The mask as a DICOM image with the input's geometry (position, orientation, spacing) and a new UID."""
-    import pydicom
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+def _write_dicom_seg(source: Volume, mask: np.ndarray, path: Path) -> None:
+    """A binary DICOM Segmentation of the source image(s), in a new series that references them."""
+    import highdicom
+    from pydicom.sr.codedict import codes
 
-    dataset = pydicom.dcmread(str(input_path))
-    for tag in list(dataset.keys()):
-        if tag.group in range(0x6000, 0x6020, 2):  # overlays belong to the source image
-            del dataset[tag]
-    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    dataset.SeriesDescription = "Med-SA segmentation"
-    dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.SamplesPerPixel, dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 1, 8, 8, 7
-    dataset.PixelRepresentation = 0
-    for name in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
-        if name in dataset:
-            delattr(dataset, name)
-    dataset.PixelData = mask.astype(np.uint8).tobytes()
-    dataset.Rows, dataset.Columns = mask.shape
-    dataset.save_as(str(output_path), enforce_file_format=True)
+    from . import __version__
+
+    segment = highdicom.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="Med-SA",
+        segmented_property_category=codes.SCT.Tissue,
+        segmented_property_type=codes.SCT.Tissue,
+        algorithm_type=highdicom.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=highdicom.AlgorithmIdentificationSequence(
+            name="peft-medsa Med-SA", version=__version__, family=codes.cid7162.ArtificialIntelligence
+        ),
+    )
+    segmentation = highdicom.seg.Segmentation(
+        source_images=source.layout.header,
+        pixel_array=mask.astype(bool),
+        segmentation_type=highdicom.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment],
+        series_instance_uid=highdicom.UID(),
+        series_number=int(source.layout.header[0].get("SeriesNumber") or 0) + 1000,
+        sop_instance_uid=highdicom.UID(),
+        instance_number=1,
+        manufacturer="peft-medsa",
+        manufacturer_model_name="Med-SA",
+        software_versions=__version__,
+        device_serial_number="none",
+        series_description="Med-SA segmentation",
+        omit_empty_frames=False,
+    )
+    segmentation.save_as(str(path))
 
 
 def write_overlay(
@@ -250,13 +431,14 @@ def write_overlay(
     height, width = mask.shape
     for points, colour in ((prompt.points, [255, 255, 0]), (prompt.negative_points, [0, 255, 255])):
         for x, y in points:
-            rgb[max(int(y) - 2, 0) : int(y) + 3, max(int(x) - 2, 0) : int(x) + 3] = colour
+            rgb[max(round(y) - 2, 0) : round(y) + 3, max(round(x) - 2, 0) : round(x) + 3] = colour
     if prompt.box:
         x1, y1, x2, y2 = (round(v) for v in prompt.box)
         x2, y2 = min(x2, width - 1), min(y2, height - 1)
         rgb[[y1, y2], x1 : x2 + 1] = [255, 255, 0]
         rgb[y1 : y2 + 1, [x1, x2]] = [255, 255, 0]
-    Image.fromarray(rgb).resize((zoom * width, zoom * height), Image.NEAREST).save(output)
+    picture = Image.fromarray(rgb).resize((zoom * width, zoom * height), Image.NEAREST)
+    atomic_write(Path(output), lambda path: picture.save(path, format="PNG"))
 
 
 def load_model(base: str, adapter: str | None) -> torch.nn.Module:

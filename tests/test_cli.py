@@ -8,12 +8,11 @@ import sys
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import pytest
+import torch
 from conftest import tiny_sam_config
 from peft import get_peft_model
 from PIL import Image
-from pydicom.data import get_testdata_file
 from transformers import SamModel
 
 from peft_medsa import MedSAConfig
@@ -43,6 +42,9 @@ def mni_volume(tmp_path_factory):
     return path
 
 
+SUFFIXES = (".png", ".txt", ".json", ".nii.gz")
+
+
 def run(*argv):
     return main([str(a) for a in argv])
 
@@ -54,7 +56,7 @@ def model_args(checkpoints, adapter="adapter"):
 def test_predict_volume_keeps_the_geometry(checkpoints, mni_volume, tmp_path, capsys):
     output = tmp_path / "mask.nii.gz"
     boxes = tmp_path / "boxes.json"
-    boxes.write_text(json.dumps({str(k): [60, 70, 140, 160] for k in range(10, 16)}))
+    boxes.write_text(json.dumps({str(k): [60, 70, 140, 160] for k in range(10, 16)}))  # i1 j1 i2 j2 per k
     assert (
         run("predict", mni_volume, *model_args(checkpoints), "--boxes-file", boxes, "--output", output) == 0
     )
@@ -64,22 +66,17 @@ def test_predict_volume_keeps_the_geometry(checkpoints, mni_volume, tmp_path, ca
     data = np.asarray(mask.dataobj)
     assert set(np.unique(data)) <= {0, 1}
     assert not data[:, :, :10].any() and not data[:, :, 16:].any(), "only prompted slices are segmented"
-    overlay = Image.open(tmp_path / "mask.overlay.png")
-    assert overlay.size == (source.shape[1], source.shape[0]) and overlay.mode == "RGB"
+    overlay = Image.open(tmp_path / "mask.overlay.png")  # the canonical view: rows P, columns L
+    assert overlay.size == (source.shape[0], source.shape[1]) and overlay.mode == "RGB"
     assert "mask:" in capsys.readouterr().out
 
 
-def test_predict_dicom_keeps_the_geometry(checkpoints, tmp_path):
-    source_path = get_testdata_file("examples_overlay.dcm")  # a real abdominal MR slice
-    output = tmp_path / "mask.dcm"
-    assert run("predict", source_path, *model_args(checkpoints), "--point", 200, 150, "--output", output) == 0
-    source, mask = pydicom.dcmread(source_path), pydicom.dcmread(output)
-    assert (mask.Rows, mask.Columns) == (source.Rows, source.Columns)
-    for tag in ("PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient", "StudyInstanceUID"):
-        if tag in source:
-            assert mask.get(tag) == source.get(tag)
-    assert mask.SOPInstanceUID != source.SOPInstanceUID
-    assert set(np.unique(mask.pixel_array)) <= {0, 1}
+def test_predict_tiny_images_keep_their_shape(checkpoints, tmp_path):
+    for shape in [(3, 40), (1, 2), (2, 3, 3)]:  # 3 rows, 1 row, 2 rows of RGB: never channels-first
+        image, output = tmp_path / f"{shape}.png", tmp_path / f"{shape}-mask.png"
+        Image.fromarray(np.arange(np.prod(shape), dtype=np.uint8).reshape(shape) * 7).save(image)
+        assert run("predict", image, *model_args(checkpoints), "--point", 0, 0, "--output", output) == 0
+        assert np.asarray(Image.open(output)).shape == shape[:2]
 
 
 def test_predict_png(checkpoints, tmp_path):
@@ -90,40 +87,81 @@ def test_predict_png(checkpoints, tmp_path):
     assert Image.open(output).size == (120, 90)
 
 
+@pytest.fixture
+def bad_files(tmp_path, mni_volume):
+    png, flat, txt = tmp_path / "image.png", tmp_path / "flat.png", tmp_path / "notes.txt"
+    Image.fromarray(np.arange(90 * 120).reshape(90, 120).astype(np.uint8)).save(png)
+    Image.fromarray(np.full((90, 120), 7, np.uint8)).save(flat)
+    txt.write_text("hello")
+    (tmp_path / "corrupt.nii.gz").write_bytes(mni_volume.read_bytes()[:5000])
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((20, 30)), np.eye(4)), tmp_path / "2d.nii.gz")
+    source = nib.load(mni_volume)  # the same volume with its slice axis stored second: (x, z, y)
+    swapped = source.affine[:, [0, 2, 1, 3]]
+    nib.save(nib.Nifti1Image(np.asarray(source.dataobj).transpose(0, 2, 1), swapped), tmp_path / "xzy.nii.gz")
+    for name, text in [("three", "[1, 2, 3]"), ("json", "{'1': [1, 2, 3, 4]}"), ("word", '[1, 2, "a", 4]')]:
+        (tmp_path / f"{name}.json").write_text(text if name == "json" else f'{{"3": {text}}}')
+    return tmp_path
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["missing.png", "--point", 1, 1], "No input file at missing.png"),
+        (["missing.png", "--point", 1, 1], "No input file at .*missing.png"),
         (
-            ["{png}", "--point", 500, 10],
-            r"prompt coordinates \[\(500.0, 10.0\)\] lie outside the image \(120 x 90 px",
+            ["image.png", "--point", 500, 10],
+            r"prompt coordinates \[\(500.0, 10.0\)\] lie outside the image; expected x in \[0, 120\) and y in",
         ),
-        (["{png}", "--box", 50, 10, 20, 40], "must have x1 < x2 and y1 < y2"),
-        (["{txt}", "--point", 1, 1], "unsupported format '.txt'"),
-        (["{png}"], "Give a prompt"),
-        (["{png}", "--point", 1, 1, "--adapter", "{wide}"], "trained on a SAM of another size"),
+        (["image.png", "--box", 50, 10, 20, 40], "must have x1 < x2 and y1 < y2"),
+        (
+            ["image.png", "--point", "nan", 3],
+            r"prompt coordinates must be finite numbers, got \[\(nan, 3.0\)\]",
+        ),
+        (["image.png", "--box", 1, 1, "inf", 9], "prompt coordinates must be finite numbers"),
+        (["flat.png", "--point", 1, 1], "every pixel has the value 7; expected an image with some contrast"),
+        (["notes.txt", "--point", 1, 1], "unsupported format '.txt'"),
+        (["image.png"], "Give a prompt"),
+        (["image.png", "--point", 1, 1, "--adapter", "{wide}"], "trained on a SAM of another size"),
+        (["image.png", "--point", 1, 1, "--device", "banana"], "Unknown device 'banana'"),
         (["{vol}", "--box", 1, 1, 9, 9, "--slices", "300:302"], r"prompted slices \[300, 301\] do not exist"),
+        (["{vol}", "--point", 500, 3, "--slices", "2"], r"expected i in \[0, 197\) and j in \[0, 233\)"),
+        (["{vol}", "--point", 5, 3, "--slices", "5:3"], "--slices '5:3': START must be smaller than STOP"),
+        (["{vol}", "--point", 5, 3, "--slices", "abc"], "--slices 'abc': expected K or START:STOP"),
+        (["{vol}", "--point", 5, 3, "--slices=-1:3"], "--slices '-1:3': expected K or START:STOP"),
+        (["{vol}", "--point", 5, 3, "--slices", "1.5"], "--slices '1.5': expected K or START:STOP"),
+        (["{vol}", "--boxes-file", "three.json"], r"one box of 4 numbers per slice; slice 3 has \[1, 2, 3\]"),
+        (["{vol}", "--boxes-file", "json.json"], "the file is not valid JSON"),
+        (["{vol}", "--boxes-file", "word.json"], r"slice 3 has \[1, 2, 'a', 4\]"),
+        (["corrupt.nii.gz", "--point", 1, 1], r"corrupt\.nii\.gz: cannot read the file, it looks truncated"),
+        (["2d.nii.gz", "--point", 1, 1], r"expected a 3-D NIfTI volume \(x, y, z\), got shape \(20, 30\)"),
+        (["xzy.nii.gz", "--point", 1, 1], "voxel axes run toward RSA, so its third axis is not the slice"),
     ],
 )
-def test_predict_errors_are_one_line(checkpoints, mni_volume, tmp_path, capsys, arguments, message):
-    png, txt = tmp_path / "image.png", tmp_path / "notes.txt"
-    Image.fromarray(np.zeros((90, 120), np.uint8)).save(png)
-    txt.write_text("hello")
-    names = {"{png}": png, "{txt}": txt, "{wide}": checkpoints / "wide-adapter", "{vol}": mni_volume}
-    arguments = [names.get(a, a) for a in arguments]
+def test_predict_errors_are_one_line(checkpoints, mni_volume, bad_files, capsys, arguments, message):
+    names = {"{wide}": checkpoints / "wide-adapter", "{vol}": mni_volume}
+    arguments = [names.get(a, bad_files / a if str(a).endswith(SUFFIXES) else a) for a in arguments]
     base = ["--model", checkpoints / "base"] + (
         [] if "--adapter" in arguments else ["--adapter", checkpoints / "adapter"]
     )
-    suffix = ".nii.gz" if arguments[0] == mni_volume else ".png"
-    assert run("predict", *arguments, *base, "--output", tmp_path / f"out{suffix}") == 2
+    suffix = next(s for s in (".nii.gz", ".png", ".txt") if str(arguments[0]).endswith(s))
+    assert run("predict", *arguments, *base, "--output", bad_files / f"out{suffix}") == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and error.startswith("medsa: error:")
     assert re.search(message, error), error
 
 
+def test_cuda_device_without_a_gpu_is_one_line(checkpoints, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    image = tmp_path / "image.png"
+    Image.fromarray(np.arange(64 * 64).reshape(64, 64).astype(np.uint8)).save(image)
+    args = ["predict", image, *model_args(checkpoints), "--point", 5, 5, "--output", tmp_path / "m.png"]
+    assert run(*args, "--device", "cuda") == 2
+    assert "no CUDA GPU is available; use --device cpu" in capsys.readouterr().err
+    assert run(*args) == 0  # the default falls back to the CPU
+
+
 def test_existing_output_is_never_overwritten(checkpoints, tmp_path, capsys):
     image, output = tmp_path / "image.png", tmp_path / "mask.png"
-    Image.fromarray(np.zeros((64, 64), np.uint8)).save(image)
+    Image.fromarray(np.arange(64 * 64).reshape(64, 64).astype(np.uint8)).save(image)
     output.write_bytes(b"a mask someone saved")
     args = ["predict", image, *model_args(checkpoints), "--point", 5, 5, "--output", output]
     assert run(*args) == 2

@@ -27,7 +27,7 @@ import numpy as np
 
 from .preprocessing import ProcessedImages, SamPreprocessor, decode_mask, to_rgb, to_uint8
 from .prompts import PromptConfig, example_seed, not_a_point_prompt, sample_prompt
-from .readers import Volume
+from .readers import Volume, check_same_geometry
 from .registry import TaskSpec
 from .volumes import chunk_starts, fill_empty_slices, resample_volume
 
@@ -82,10 +82,7 @@ class ExampleBuilder:
     def volume_examples(self, image: Volume, label: Volume, case_id: str) -> Iterator[dict[str, Any]]:
         """Examples of one volume: slice by slice (`depth=None`) or chunks of `depth` slices."""
         where = f"Task {self.spec.name!r}, case {case_id!r}: "
-        if image.array.shape != label.array.shape:
-            raise ValueError(
-                f"{where}image volume {image.array.shape} and label volume {label.array.shape} differ in shape."
-            )
+        check_same_geometry(image, label, where)
         if image.array.size == 0:
             raise ValueError(f"{where}the volume is empty (shape {image.array.shape}).")
         if self.spec.target_spacing is not None:

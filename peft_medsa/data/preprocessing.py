@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from transformers import SamImageProcessorPil
-from transformers.image_utils import PILImageResampling, SizeDict
+from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict
 
 from .registry import IntensityPolicy
 
@@ -105,12 +105,18 @@ class SamPreprocessor:
 
     def __call__(self, images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray]) -> ProcessedImages:
         """`images` (H, W, 3) uint8 and `label_maps` (H, W) uint8, all of one size (slices of one volume)."""
-        encoding = self.image_processor(
-            images=list(images), segmentation_maps=list(label_maps), return_tensors="np"
+        encoding = self.image_processor(  # channels-last, stated: a 3-row image is not 3 channels
+            images=list(images),
+            segmentation_maps=list(label_maps),
+            input_data_format=ChannelDimension.LAST,
+            return_tensors="np",
         )
         targets = [
             self.image_processor.resize(
-                m[None], SizeDict(longest_edge=self.image_size), PILImageResampling.NEAREST
+                m[None],
+                SizeDict(longest_edge=self.image_size),
+                PILImageResampling.NEAREST,
+                input_data_format=ChannelDimension.FIRST,
             )[0]
             for m in label_maps
         ]  # each (h, w): the same nearest resize the processor applies, without padding
