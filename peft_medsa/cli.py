@@ -13,6 +13,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from .errors import MedSAFileNotFoundError, MedSAValueError
+
 EPILOG = (
     "Prompts: 2-D images in pixels (x = column, y = row); volumes in the file's voxel indices (i, j on "
     "slice k of the third axis, as ITK-SNAP and 3D Slicer show them). See `medsa COMMAND --help`."
@@ -200,7 +202,7 @@ def _predict(args: argparse.Namespace) -> None:
     from .predict import Segmenter, load_model, predict_file, write_overlay
 
     if not args.input.exists():
-        raise UsageError(f"No input file at {args.input}.")
+        raise MedSAFileNotFoundError(f"No input file at {args.input}.")
     overlay = args.overlay or args.output.with_name(args.output.name.split(".")[0] + ".overlay.png")
     _refuse_overwrite([args.output, overlay], args.overwrite)
     prompts = _prompts(args)
@@ -218,9 +220,9 @@ def _prompts(args: argparse.Namespace):
 
     if args.boxes_file:
         if args.point or args.negative_point or args.box or args.slices:
-            raise UsageError("Give either --boxes-file or --point/--box (with --slices), not both.")
+            raise MedSAValueError("Give either --boxes-file or --point/--box (with --slices), not both.")
         if not args.boxes_file.exists():
-            raise UsageError(f"No boxes file at {args.boxes_file}.")
+            raise MedSAFileNotFoundError(f"No boxes file at {args.boxes_file}.")
         return read_boxes_file(args.boxes_file)
     prompt = Prompt(
         [tuple(p) for p in args.point],
@@ -228,7 +230,7 @@ def _prompts(args: argparse.Namespace):
         tuple(args.box) if args.box else None,
     )
     if not (prompt.points or prompt.box):
-        raise UsageError(
+        raise MedSAValueError(
             "Give a prompt: --point X Y (repeatable), --box X1 Y1 X2 Y2, or --boxes-file for a volume."
         )
     return prompt if args.slices is None else dict.fromkeys(_slice_range(args.slices), prompt)
@@ -238,13 +240,15 @@ def _slice_range(text: str) -> range:
     """`K` or `START:STOP` (STOP excluded), whole numbers >= 0."""
     match = re.fullmatch(r"(\d+)(?::(\d+))?", text.strip())
     if not match:
-        raise UsageError(
+        raise MedSAValueError(
             f"--slices {text!r}: expected K or START:STOP with whole numbers >= 0 (e.g. 10:20, STOP excluded)."
         )
     start = int(match[1])
     stop = int(match[2]) if match[2] is not None else start + 1
     if stop <= start:
-        raise UsageError(f"--slices {text!r}: START must be smaller than STOP (STOP is excluded), e.g. 3:6.")
+        raise MedSAValueError(
+            f"--slices {text!r}: START must be smaller than STOP (STOP is excluded), e.g. 3:6."
+        )
     return range(start, stop)
 
 

@@ -158,23 +158,29 @@ class Segmenter:
     def __call__(
         self, slices: Sequence[np.ndarray], prompts: Sequence[Prompt], reference: np.ndarray | None = None
     ) -> np.ndarray:
-        """Binary masks (n, H, W) for n slices of one size. With a depth adapter, the slices are consecutive
-        slices of one volume and run through SD-Trans together; otherwise each is a 2-D image."""
-        images = [to_rgb(to_uint8(s, self.intensity, reference)) for s in slices]
-        height, width = slices[0].shape[:2]
+        """Binary masks (n, H, W) for n raw slices of one size, mapped to 8 bits by the intensity policy with
+        the statistics of `reference` (e.g. the whole volume) or of each slice."""
+        return self.segment([to_uint8(s, self.intensity, reference) for s in slices], prompts)
+
+    @torch.no_grad()
+    def segment(self, images: Sequence[np.ndarray], prompts: Sequence[Prompt]) -> np.ndarray:
+        """Binary masks (n, H, W) for n 8-bit images (H, W) or (H, W, 3) of one size. With a depth adapter,
+        they are consecutive slices of one volume and run through SD-Trans together; otherwise each is 2-D."""
+        images = [to_rgb(image) for image in images]
+        height, width = images[0].shape[:2]
         processed = self.preprocessor(images, [np.zeros((height, width), np.uint8)] * len(images))
         scale = self.image_size / max(height, width)
         pixel_values = torch.from_numpy(processed.pixel_values)  # (n, 3, S, S)
-        if self.depth_attention and len(slices) > 1:
+        if self.depth_attention and len(images) > 1:
             pixel_values = pixel_values.transpose(0, 1)[None]  # (1, 3, n, S, S): one volume
         inputs = {"pixel_values": pixel_values, **_prompt_tensors(prompts, scale)}
         outputs = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
         best = outputs.iou_scores[:, 0].argmax(dim=-1)  # (n,)
-        logits = outputs.pred_masks[torch.arange(len(slices)), 0, best].float().cpu()  # (n, h, w)
+        logits = outputs.pred_masks[torch.arange(len(images)), 0, best].float().cpu()  # (n, h, w)
         masks = self.preprocessor.image_processor.post_process_masks(  # unpad, resize to the input's size
             logits[:, None, None],
-            [processed.original_size] * len(slices),
-            [processed.reshaped_size] * len(slices),
+            [processed.original_size] * len(images),
+            [processed.reshaped_size] * len(images),
         )
         return np.stack([m[0, 0].numpy() for m in masks])  # (n, H, W) bool
 
@@ -269,11 +275,11 @@ def _predict_volume(
     volume = read_volume(input_path)
     _check_contrast(volume.array, str(input_path))
     canonical, file_slices = _canonical_prompts(volume.layout, prompts, str(input_path))
+    gray = to_uint8(volume.array, segmenter.intensity)  # one mapping for the whole volume, as in training
     mask = np.zeros(volume.array.shape, dtype=np.uint8)
     runs = _consecutive_runs(sorted(canonical), depth if segmenter.depth_attention else 1)
     for run in tqdm(runs, desc="slices", unit="chunk", disable=len(runs) < 4):
-        slices = [volume.array[d] for d in run]
-        mask[run] = segmenter(slices, [canonical[d] for d in run], reference=volume.array)
+        mask[run] = segmenter.segment([gray[d] for d in run], [canonical[d] for d in run])
     write = _write_nifti if file_suffix(input_path) in NIFTI_SUFFIXES else _write_nrrd
     atomic_write(output_path, lambda path: write(volume, mask, path))
     middle = sorted(canonical)[len(canonical) // 2]

@@ -241,3 +241,31 @@ def test_channels_last_and_tiny_images(tmp_path, mode, array, shape):
     image = read_image(tmp_path / "x.png")
     assert image.shape == shape
     np.testing.assert_array_equal(image, array[..., :3] if array.ndim == 3 else array)
+
+
+def test_label_on_another_grid_is_refused_where_volume_pairs_are_built(mni, tmp_path):
+    from peft_medsa.data.examples import ExampleBuilder
+    from peft_medsa.data.preprocessing import SamPreprocessor
+    from peft_medsa.data.prompts import PromptConfig
+    from peft_medsa.data.registry import TaskSpec
+
+    path, ras = mni
+    flipped = nib.load(path).affine @ np.diag([1.0, -1, 1, 1])
+    nib.save(nib.Nifti1Image((ras > 50).astype(np.uint8), flipped), tmp_path / "label.nii.gz")
+    spec = TaskSpec(name="mni", format="volumes", path="/x", index="index.jsonl", labels={1: "brain"})
+    builder = ExampleBuilder(spec, SamPreprocessor(64, 16), PromptConfig())
+    with pytest.raises(MedSAValueError, match="Task 'mni', case 'c1': the label's voxel grid differs"):
+        next(builder.volume_examples(read_volume(path), read_volume(tmp_path / "label.nii.gz"), "c1"))
+
+
+def test_image_bytes_get_the_file_guards(tmp_path, monkeypatch):
+    from peft_medsa.data.readers import read_image_bytes
+
+    Image.fromarray(np.arange(20 * 30, dtype=np.uint8).reshape(20, 30)).save(tmp_path / "x.png")
+    data = (tmp_path / "x.png").read_bytes()
+    np.testing.assert_array_equal(read_image_bytes(data, "row 3"), read_image(tmp_path / "x.png"))
+    with pytest.raises(MedSAFileError, match="row 3: cannot read the file, it looks truncated"):
+        read_image_bytes(data[:60], "row 3")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(MedSAFileError, match="row 3: the image is larger than the limit of 100 pixels"):
+        read_image_bytes(data, "row 3")

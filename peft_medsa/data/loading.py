@@ -29,7 +29,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from .examples import ExampleBuilder
 from .preprocessing import SamPreprocessor
 from .prompts import PromptConfig
-from .readers import pil_to_array, read_image, read_volume
+from .readers import pil_to_array, read_image, read_image_bytes, read_volume
 from .registry import TaskSpec, get_task
 
 DEMO_SCHEME = "demo://"
@@ -307,10 +307,7 @@ def _as_array(value: Any) -> np.ndarray:
 
     if isinstance(value, dict):
         if value.get("bytes") is not None:
-            import io
-
-            with PILImage.open(io.BytesIO(value["bytes"])) as image:
-                return pil_to_array(image)
+            return read_image_bytes(value["bytes"], value.get("path") or "an image cell")
         return read_image(value["path"])
     if isinstance(value, str):
         return read_image(value)

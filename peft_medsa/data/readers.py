@@ -138,25 +138,37 @@ def read_image(path: str | Path) -> np.ndarray:
                 "read it as a volume instead."
             )
         return volume.array[0]
+    return _decode_image(path, str(path))
+
+
+def read_image_bytes(data: bytes, where: str) -> np.ndarray:
+    """An encoded image (PNG/JPEG bytes, e.g. a `datasets` Image cell) read as `read_image` reads a file."""
+    import io
+
+    return _decode_image(io.BytesIO(data), where)
+
+
+def _decode_image(source, where: str) -> np.ndarray:
+    """Decodes a 2-D image (a path or a file object) after checking its size from the header alone."""
     from PIL import Image
 
-    with _reading(path):
+    with _reading(where):
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
-                image = Image.open(path)
+                image = Image.open(source)
             except (Image.DecompressionBombWarning, Image.DecompressionBombError):
                 image = None  # the size is reported below, from the header alone
             if image is None or image.width * image.height > (Image.MAX_IMAGE_PIXELS or np.inf):
                 raise MedSAFileError(
-                    f"{path}: the image is larger than the limit of {Image.MAX_IMAGE_PIXELS} pixels "
+                    f"{where}: the image is larger than the limit of {Image.MAX_IMAGE_PIXELS} pixels "
                     "(a decompression-bomb guard); downscale or crop it, or raise PIL.Image.MAX_IMAGE_PIXELS."
                 )
             with image:
                 array = pil_to_array(image)
     if array.size == 0:
-        raise MedSAFileError(f"{path}: the image is empty (shape {array.shape}).")
-    return replace_non_finite(array, str(path))
+        raise MedSAFileError(f"{where}: the image is empty (shape {array.shape}).")
+    return replace_non_finite(array, where)
 
 
 def pil_to_array(image) -> np.ndarray:
@@ -214,7 +226,7 @@ def check_same_geometry(image: Volume, label: Volume, where: str) -> None:
 
 
 @contextmanager
-def _reading(path: Path) -> Iterator[None]:
+def _reading(where: str | Path) -> Iterator[None]:
     """Turns a library's error on a truncated or corrupt file into one MedSAFileError naming the file."""
     import nrrd
     from pydicom.errors import InvalidDicomError
@@ -234,7 +246,7 @@ def _reading(path: Path) -> Iterator[None]:
     ) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
         raise MedSAFileError(
-            f"{path}: cannot read the file, it looks truncated or corrupt ({reason}); re-export or re-download it."
+            f"{where}: cannot read the file, it looks truncated or corrupt ({reason}); re-export or re-download it."
         ) from error
 
 
