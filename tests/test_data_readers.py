@@ -73,6 +73,11 @@ def test_dicom_series_is_sorted_along_the_slice_normal(tmp_path):
     assert volume.array.shape == (3, 300, 484)
     assert volume.array[:, 0, 0].tolist() == [0, 1, 2]
     assert volume.spacing[0] == pytest.approx(5.0)
+    # The canonical affine puts voxel (d, 0, 0) at slice d's ImagePositionPatient (LPS -> RAS).
+    for d in range(3):
+        np.testing.assert_allclose(
+            volume.affine @ [d, 0, 0, 1], [*((origin + 5.0 * d * normal) * [-1, -1, 1]), 1]
+        )
 
 
 def test_16_bit_png_keeps_its_depth(tmp_path):
@@ -269,3 +274,11 @@ def test_image_bytes_get_the_file_guards(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(MedSAFileError, match="row 3: the image is larger than the limit of 100 pixels"):
         read_image_bytes(data, "row 3")
+
+
+def test_a_single_volume_4d_nifti_keeps_its_shape_for_the_mask(tmp_path):
+    data = np.random.default_rng(0).random((8, 9, 10, 1)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.diag([-1.0, 2, 3, 1])), tmp_path / "one.nii.gz")
+    volume = read_volume(tmp_path / "one.nii.gz")
+    assert volume.array.shape == (10, 9, 8) and volume.spacing == (3.0, 2.0, 1.0)
+    np.testing.assert_array_equal(volume.layout.to_file_order(volume.array), data)
