@@ -30,9 +30,10 @@ from transformers import SamModel
 
 from peft_medsa import MedSAConfig
 from peft_medsa.data import resolve_task
-from peft_medsa.training import MetricAggregator
+from peft_medsa.training import evaluate
 from peft_medsa.training.arguments import MedSATrainingArguments, TaskArguments
-from peft_medsa.training.run import evaluation_set, make_trainer, training_set
+from peft_medsa.training.evaluation import evaluation_set
+from peft_medsa.training.run import make_trainer, training_set
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ("1-click", "3-click", "bbox-0.75")
@@ -86,40 +87,34 @@ def run_one(
         logging_steps=max(args.steps, 1),
     )
     test_set = evaluation_set(
-        TaskArguments(task=task, depth=depth, max_eval_samples=args.max_test_samples, streaming=False),
-        base.config,
-        "test",
-        prompt,
+        spec, base.config, "test", prompt, depth=depth, max_samples=args.max_test_samples, streaming=False
     )
-    aggregator = MetricAggregator(spec.labels)
     trained = model if model is not None else base
-    train_set = None
     if model is not None:
         train_args = TaskArguments(
             task=task, train_prompt=prompt, prompt_seed=seed, depth=depth, streaming=False
         )
         train_set = training_set(train_args, base.config, shuffle_seed=seed)
-    trainer = make_trainer(
-        trained, training_args, test_set, spec.labels, train_set=train_set, aggregator=aggregator
-    )
-    if model is not None:
-        trainer.train()
-    metrics = trainer.evaluate()
+        make_trainer(trained, training_args, test_set, spec.labels, train_set=train_set).train()
+    report = evaluate(trained, spec, "test", prompt, examples=test_set, device="cpu")
     trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad) if model is not None else 0
     return {
         "seed": seed,
         "prompt": prompt,
-        "dice": metrics["eval_dice"],
-        "hd95": metrics["eval_hd95"],
-        "per_case": aggregator.per_case(),
+        "dice": report.metrics["dice"],
+        "hd95": report.metrics[f"hd95_{report.distance_unit}"],
+        "distance_unit": report.distance_unit,
+        "per_case": report.per_case,
         "trainable_parameters": trainable,
         "seconds": round(time.time() - started, 1),
     }
 
 
 def summarise(records: list[dict[str, Any]], methods: list[str], prompts: list[str]) -> str:
-    """Markdown: one row per method, Dice and HD95 as mean +- std over seeds per prompt, trainable parameters."""
-    header = "| method | trainable | " + " | ".join(f"{p}: Dice | {p}: HD95" for p in prompts) + " |"
+    """Markdown: one row per method, Dice and HD95 (in the unit of the runs) as mean +- std over seeds per
+    prompt, trainable parameters."""
+    unit = records[0].get("distance_unit", "mm") if records else "mm"
+    header = "| method | trainable | " + " | ".join(f"{p}: Dice | {p}: HD95 ({unit})" for p in prompts) + " |"
     lines = [header, "|---|---:|" + "---:|---:|" * len(prompts)]
     for method in methods:
         runs = [r for r in records if r["method"] == method]

@@ -22,19 +22,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from peft import PeftModel
 from PIL import Image
 from transformers import SamModel
 
-from peft_medsa.data import SamDataCollator, resolve_task
+import peft_medsa  # noqa: F401  (registers Med-SA with peft)
+from peft_medsa.data import SamDataCollator
+from peft_medsa.mask_selection import predict_masks, select_masks
 from peft_medsa.predict import Prompt, write_overlay
-from peft_medsa.training import select_masks
+from peft_medsa.training import evaluate
 from peft_medsa.training.arguments import (
     MedSAArguments,
     MedSATrainingArguments,
     ModelArguments,
     TaskArguments,
 )
-from peft_medsa.training.run import box_baseline, evaluation_set, make_trainer, train
+from peft_medsa.training.evaluation import evaluation_set
+from peft_medsa.training.run import train
 
 TASK, PROMPT = "demo-2d", "box"
 # The small SAM pretrained here on synthetic shapes (models/sam-small-synthetic/README.md): no SAM checkpoint can
@@ -60,7 +64,6 @@ def main() -> None:
     torch.manual_seed(0)
     model_path = args.model
 
-    spec = resolve_task(TASK)
     task_args = TaskArguments(
         task=TASK, train_prompt=PROMPT, eval_prompt=PROMPT, streaming=False
     )  # small: load it
@@ -85,39 +88,30 @@ def main() -> None:
     )
 
     base = SamModel.from_pretrained(model_path)
-    eval_set = evaluation_set(task_args, base.config, task_args.eval_split, task_args.eval_prompt)
-    before = make_trainer(base, training_args, eval_set, spec.labels).evaluate()
-    box = box_baseline(eval_set, spec.labels, base.config.vision_config.image_size)
-    # SAM's recipe: the IoU head learns the adapted masks' quality, since evaluation picks the mask it ranks first.
-    medsa_args = MedSAArguments(preset="paper", iou_weight=1.0)
-    after = train(ModelArguments(model_path), task_args, medsa_args, training_args)
+    split = task_args.eval_split
+    eval_set = evaluation_set(TASK, base.config, split, PROMPT, streaming=False)
+    before = evaluate(base, TASK, split, PROMPT, examples=eval_set, box_baseline=True)
+    train(ModelArguments(model_path), task_args, MedSAArguments(preset="paper"), training_args)
+    adapted = PeftModel.from_pretrained(SamModel.from_pretrained(model_path), training_args.output_dir)
+    after = evaluate(adapted, TASK, split, PROMPT, examples=eval_set)  # the kept (best) checkpoint
 
     report = {
         "task": TASK,
         "prompt": PROMPT,
         "base_model": model_path,
         "eval_examples": len(eval_set),
-        "zero_shot": _quality(before),
-        "box_baseline": box,
-        "medsa_paper": _quality(after),
+        "units": before.units,
+        "zero_shot": before.quality(),
+        "box_baseline": before.box_baseline,
+        "medsa_paper": after.quality(),
         "wall_time_s": round(time.time() - started, 1),
     }
     (args.output / "metrics.json").write_text(json.dumps(report, indent=2))
     plot_learning_curve(args.output / "adapter" / "trainer_state.json", args.output / "learning_curve.png")
-    write_overlays(args.output / "adapter", model_path, eval_set, args.output / "overlays")
+    write_overlays(adapted, eval_set, args.output / "overlays")
     print(
-        json.dumps(
-            {k: report[k] for k in ("zero_shot", "box_baseline", "medsa_paper", "wall_time_s")}, indent=2
-        )
+        json.dumps({k: v for k, v in report.items() if k not in ("task", "prompt", "base_model")}, indent=2)
     )
-
-
-def _quality(metrics: dict[str, float]) -> dict[str, float]:
-    return {
-        k.removeprefix("eval_"): v
-        for k, v in metrics.items()
-        if k.removeprefix("eval_") in ("dice", "iou", "hd95", "nsd")
-    }
 
 
 def plot_learning_curve(state_file: Path, output: Path) -> None:
@@ -140,21 +134,15 @@ def plot_learning_curve(state_file: Path, output: Path) -> None:
     plt.close(figure)
 
 
-def write_overlays(
-    adapter: Path, model_path: str, examples: list[dict], folder: Path, count: int = 4
-) -> None:
+def write_overlays(model: PeftModel, examples: list[dict], folder: Path, count: int = 4) -> None:
     """Image, target outline (green), box prompt (yellow) and predicted mask (red, tinted) for validation examples."""
-    from peft import PeftModel
-
-    import peft_medsa  # noqa: F401  (registers Med-SA with peft)
-
-    model = PeftModel.from_pretrained(SamModel.from_pretrained(model_path), adapter).eval()
+    model = model.cpu().eval()
     folder.mkdir(parents=True, exist_ok=True)
     picks = examples[:: max(len(examples) // count, 1)][:count]
     batch = SamDataCollator()(picks)
     labels = batch.pop("labels")
     with torch.no_grad():
-        outputs = model(**batch)
+        outputs = predict_masks(model, batch)  # the mask-selection rule of training and evaluation
     masks = select_masks((outputs.iou_scores, outputs.pred_masks))[:, 0] > 0  # (B, h, w)
     for i, example in enumerate(picks):
         size = example["pixel_values"].shape[-1]

@@ -57,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--box-baseline", action="store_true", help="also score the prompt box itself as the mask"
     )
-    evaluate.add_argument("--output", type=Path, help="write the metrics as JSON here")
+    evaluate.add_argument(
+        "--device", help="where the model runs, e.g. cuda, cuda:1, cpu (default: cuda when present, else cpu)"
+    )
+    evaluate.add_argument(
+        "--output", type=Path, help="write the report (metrics, units, per-case rows) as JSON here"
+    )
     evaluate.add_argument("--overwrite", action="store_true")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -155,47 +160,26 @@ def _train(argv: list[str]) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    import tempfile
-
-    from .data import resolve_task
     from .predict import load_model
-    from .training.arguments import MedSATrainingArguments, TaskArguments
-    from .training.run import box_baseline, evaluation_set, make_trainer
+    from .training.evaluation import evaluate
 
     _refuse_overwrite([args.output], args.overwrite)
-    spec = resolve_task(args.task)
-    model = load_model(args.model, args.adapter)
-    task_args = TaskArguments(
-        task=args.task,
-        data_dir=args.data_dir,
-        eval_prompt=args.prompt,
+    report = evaluate(
+        load_model(args.model, args.adapter),
+        args.task,
+        args.split,
+        args.prompt,
         prompt_seed=args.prompt_seed,
         depth=args.depth,
-        max_eval_samples=args.max_samples,
+        data_dir=args.data_dir,
+        max_samples=args.max_samples,
+        batch_size=args.batch_size,
+        device=args.device,
+        box_baseline=args.box_baseline,
     )
-    examples = evaluation_set(task_args, model.config, args.split, args.prompt)
-    if not examples:
-        raise UsageError(f"Task {spec.name!r} has no examples in split {args.split!r}.")
-    with tempfile.TemporaryDirectory() as scratch:
-        training_args = MedSATrainingArguments(
-            output_dir=scratch, per_device_eval_batch_size=args.batch_size, report_to=[], disable_tqdm=False
-        )
-        metrics = make_trainer(model, training_args, examples, spec.labels).evaluate(
-            metric_key_prefix=args.split
-        )
-    report = {
-        "task": spec.name,
-        "split": args.split,
-        "prompt": args.prompt,
-        "examples": len(examples),
-        "metrics": metrics,
-    }
-    if args.box_baseline:
-        report["box_baseline"] = box_baseline(examples, spec.labels, model.config.vision_config.image_size)
-    text = json.dumps(report, indent=2)
-    print(text)
+    print(report.to_json())
     if args.output:
-        args.output.write_text(text)
+        report.save(args.output)
 
 
 def _predict(args: argparse.Namespace) -> None:

@@ -215,6 +215,14 @@ def test_eval_scores_an_adapter_and_the_box_baseline(checkpoints, tmp_path, caps
     assert run(*args) == 0
     report = json.loads(output.read_text())
     assert report["examples"] == 6 and report["prompt"] == "box"
-    assert 0 <= report["metrics"]["validation_dice"] <= 1 and 0 <= report["box_baseline"]["dice"] <= 1
+    assert 0 <= report["metrics"]["dice"] <= 1 and 0 <= report["box_baseline"]["dice"] <= 1
+    # demo-2d slices are PNGs without spacing: distances are original-image pixels, named so, never mm
+    assert (
+        report["distance_unit"] == "px"
+        and "hd95_px" in report["metrics"]
+        and "hd95_mm" not in report["metrics"]
+    )
+    assert report["units"].startswith("HD95 in pixels, NSD at a tolerance of 1 px")
+    assert {row["case_id"] for row in report["per_case"]} <= {"mni152-slab4", "lung2"}
     assert json.loads(capsys.readouterr().out) == report
     assert run(*args) == 2 and "already exist" in capsys.readouterr().err

@@ -59,9 +59,9 @@ def test_card_from_a_training_run_parses(trained_run, tmp_path):
     results = {
         k.removeprefix("eval_"): v
         for k, v in metrics.items()
-        if k.removeprefix("eval_").split("/")[0] in ("dice", "iou", "hd95", "nsd")
+        if k.removeprefix("eval_").split("/")[0] in ("dice", "iou", "hd95_px", "nsd_px")
     }
-    assert {"dice", "iou", "hd95", "nsd"} <= results.keys()
+    assert {"dice", "iou", "hd95_px", "nsd_px"} <= results.keys()
     card = build_model_card(
         model,
         task_name="Synthetic squares",

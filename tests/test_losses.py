@@ -59,13 +59,22 @@ def test_gradients_flow_only_through_the_best_mask_of_each_prompt():
 
 def test_iou_head_target_is_the_iou_of_the_thresholded_chosen_mask():
     labels = _square_labels()  # rows/cols 4:12
-    logits = torch.full((1, 1, 1, 16, 16), -30.0)
-    logits[..., 4:12, 4:8] = 30.0  # half of the target: IoU 0.5
-    without = segmentation_loss(logits, labels)
-    exact = segmentation_loss(logits, labels, torch.tensor([[[0.5]]]), iou_weight=1.0)
-    off = segmentation_loss(logits, labels, torch.tensor([[[1.0]]]), iou_weight=2.0)
+    logits = torch.full((1, 1, 3, 16, 16), -30.0)  # masks 1 and 2 are empty: mask 0 is chosen
+    logits[:, :, 0, 4:12, 4:8] = 30.0  # half of the target: IoU 0.5
+    without = segmentation_loss(logits, labels, iou_weight=0.0)
+    exact = segmentation_loss(logits, labels, torch.tensor([[[0.5, 0.0, 0.0]]]), iou_weight=1.0)
+    off = segmentation_loss(logits, labels, torch.tensor([[[1.0, 0.0, 0.0]]]), iou_weight=2.0)
     assert exact.item() == pytest.approx(without.item(), abs=1e-6)
     assert off.item() == pytest.approx(without.item() + 2.0 * 0.25, abs=1e-6)
+
+
+def test_the_iou_head_is_supervised_only_where_it_chooses_among_masks():
+    labels = _square_labels()
+    single = torch.full((1, 1, 1, 16, 16), -30.0)  # one mask per prompt: the paper's Dice + BCE alone
+    assert segmentation_loss(single, labels, torch.tensor([[[1.0]]]), iou_weight=5.0) == segmentation_loss(
+        single, labels, iou_weight=0.0
+    )
+    assert MedSALoss().iou_weight == 1.0  # where there are 3 masks, the IoU head learns by default
 
 
 def test_low_resolution_logits_are_resized_bilinearly_to_the_labels():
@@ -73,7 +82,9 @@ def test_low_resolution_logits_are_resized_bilinearly_to_the_labels():
     labels = _square_labels(size=32)
     low = torch.randn(1, 1, 3, 16, 16)
     upsampled = F.interpolate(low[0], size=(32, 32), mode="bilinear", align_corners=False)[None]
-    assert torch.allclose(segmentation_loss(low, labels), segmentation_loss(upsampled, labels))
+    assert torch.allclose(
+        segmentation_loss(low, labels, iou_weight=0.0), segmentation_loss(upsampled, labels, iou_weight=0.0)
+    )
 
 
 def test_module_matches_function():
@@ -129,6 +140,9 @@ def test_volume_labels_are_flattened_volume_major_like_the_slices():
     torch.manual_seed(0)
     pred = torch.randn(2 * 3, 1, 3, 16, 16)  # B=2 volumes x D=3 slices
     labels = (torch.rand(2, 3, 1, 16, 16) > 0.5).float()  # (B, D, P, H, W)
-    assert torch.equal(segmentation_loss(pred, labels), segmentation_loss(pred, labels.flatten(0, 1)))
+    scores = torch.rand(2 * 3, 1, 3)
+    assert torch.equal(
+        segmentation_loss(pred, labels, scores), segmentation_loss(pred, labels.flatten(0, 1), scores)
+    )
     with pytest.raises(ValueError, match=r"\(2, 2, 1, 16, 16\)"):
         segmentation_loss(pred, labels[:, :2])

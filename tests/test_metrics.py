@@ -36,7 +36,7 @@ def test_known_values_of_two_offset_squares():
     # Overlap 26x30 = 780 of 900 each: Dice 1560/1800, IoU 780/1020. Each square's left/right edge lies 4 px
     # from the other's nearest edge (30 of 116 surface pixels > 5 %), nothing is farther: HD95 = 4. Within 1 px
     # of the other surface: 27 + 27 pixels of the top/bottom edges + 2 at the far ends = 56 of 116 per square.
-    expected = {"dice": 0.8667, "iou": 0.7647, "hd95": 4.0, "nsd": 56 / 116}
+    expected = {"dice": 0.8667, "iou": 0.7647, "hd95_px": 4.0, "nsd_px": 56 / 116}
     assert segmentation_metrics(pred, target) == pytest.approx(expected, abs=1e-4)
     assert dice_score(pred, target) == pytest.approx(0.8667, abs=1e-4)
     assert iou_score(pred, target) == pytest.approx(0.7647, abs=1e-4)
@@ -62,12 +62,12 @@ def test_anisotropic_spacing_scales_hd95_along_the_offset_axis_only():
 
 def test_empty_masks_have_defined_values():
     empty, (square, _) = np.zeros((64, 64)), _squares()
-    both_empty = {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "nsd": 1.0}
+    both_empty = {"dice": 1.0, "iou": 1.0, "hd95_px": 0.0, "nsd_px": 1.0}
     assert segmentation_metrics(empty, empty) == both_empty
     for pred, target in [(empty, square), (square, empty)]:
         result = segmentation_metrics(pred, target)
-        assert (result["dice"], result["iou"], result["nsd"]) == (0.0, 0.0, 0.0)
-        assert math.isnan(result["hd95"])
+        assert (result["dice"], result["iou"], result["nsd_px"]) == (0.0, 0.0, 0.0)
+        assert math.isnan(result["hd95_px"])
 
 
 def test_logits_must_be_declared_and_are_passed_through_the_sigmoid():
@@ -142,7 +142,7 @@ def test_a_single_slice_case_is_scored_in_2d():
     aggregator = MetricAggregator()
     aggregator.add(pred, target, case_id="img", slice_index=0, spacing=(5.0, 1.0, 2.5))
     [record] = aggregator.per_case()
-    assert record["hd95"] == pytest.approx(10.0) and record["nsd"] == pytest.approx(
+    assert record["hd95_mm"] == pytest.approx(10.0) and record["nsd_mm"] == pytest.approx(
         normalized_surface_dice(pred, target, spacing=(1.0, 2.5))
     )
 
@@ -165,10 +165,10 @@ def test_aggregator_reports_per_class_means_and_undefined_hd95():
     aggregator.add(empty, target, class_id=1)  # Dice 0, HD95 undefined
     result = aggregator.compute()
     assert result["dice/liver"] == pytest.approx((0.8667 + 1) / 2, abs=1e-4)
-    assert result["hd95/liver"] == pytest.approx(2.0)
-    assert result["dice/spleen"] == 0.0 and math.isnan(result["hd95/spleen"])
+    assert result["hd95_px/liver"] == pytest.approx(2.0)
+    assert result["dice/spleen"] == 0.0 and math.isnan(result["hd95_px/spleen"])
     assert result["dice"] == pytest.approx(((0.8667 + 1) / 2 + 0) / 2, abs=1e-4)
-    assert result["hd95"] == pytest.approx(2.0)  # the undefined class is skipped...
+    assert result["hd95_px"] == pytest.approx(2.0)  # the undefined class is skipped...
     assert result["hd95_undefined"] == 1.0  # ...and counted
     assert all(isinstance(v, float) for v in result.values())
     with pytest.raises(ValueError, match="no examples"):
@@ -191,7 +191,7 @@ def test_compute_metrics_selects_the_mask_with_the_highest_predicted_iou():
     iou_scores, pred_masks, labels = _sam_eval_batch()
     compute_metrics = make_compute_metrics()
     result = compute_metrics(EvalPrediction(predictions=(iou_scores, pred_masks), label_ids=labels))
-    assert result["dice"] == pytest.approx(1.0) and result["hd95"] == pytest.approx(0.0)
+    assert result["dice"] == pytest.approx(1.0) and result["hd95_px"] == pytest.approx(0.0)
     iou_scores[..., 0] = 1.0  # now the wrong mask 0 scores highest
     result = compute_metrics(EvalPrediction(predictions=(pred_masks, iou_scores), label_ids=labels))
     assert result["dice"] == 0.0
@@ -233,7 +233,7 @@ def test_compute_metrics_scores_volume_examples_in_3d():
     assert [(r["case_id"], r["class_id"]) for r in aggregator.per_case()] == [("ct", 3)]
     unknown = [{**metadata[0], "spacing": np.full(3, np.nan)}]  # unknown spacing: pixel units
     result = make_compute_metrics(metadata=unknown)(EvalPrediction(logits, labels))
-    assert result["hd95"] == pytest.approx(segmentation_metrics(pred, target)["hd95"])
+    assert result["hd95_px"] == pytest.approx(segmentation_metrics(pred, target)["hd95_px"])
 
 
 def test_evaluate_module_loads_offline_and_matches_the_python_api():
@@ -315,12 +315,12 @@ def test_trainer_evaluate_with_and_without_batch_eval_metrics(sam_config, tmp_pa
     assert set(direct) == {
         "dice",
         "iou",
-        "hd95",
-        "nsd",
+        "hd95_px",
+        "nsd_px",
         "dice/0",
         "iou/0",
-        "hd95/0",
-        "nsd/0",
+        "hd95_px/0",
+        "nsd_px/0",
         "hd95_undefined",
     }
     for result in results:

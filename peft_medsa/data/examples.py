@@ -9,7 +9,10 @@ present, each with its own prompts (P = 1 target per example). Shapes:
   or `input_boxes` (D, 1, 4), `labels` (D, 1, Hm, Wm);
 
 plus metadata: `case_id`, `slice_index` (first slice of a chunk), `class_id`, `original_size` (H, W),
-`reshaped_input_size` (h, w) and `spacing` (dz, dy, dx; NaN when the source has none).
+`reshaped_input_size` (h, w) and `spacing` (dz, dy, dx; NaN when the source has none). Evaluation examples
+(`keep_original_target=True`) also carry `original_target`, the binary target at the label's own resolution,
+(H, W) or (D, H, W) bool: metrics compare predictions mapped back to that grid with it, in its own spacing.
+Training examples leave it out (it is not needed for the loss and would only add memory).
 
 A target is present on a slice when it has pixels both in the input frame (where clicks are drawn) and at
 the mask-decoder resolution (where the loss is computed); smaller ones are dropped. Empty targets: with
@@ -49,6 +52,7 @@ class ExampleBuilder:
     depth: int | None = None
     stride: int | None = None
     empty_targets: Literal["skip", "keep"] = "skip"
+    keep_original_target: bool = False
 
     def __post_init__(self):
         if self.empty_targets not in ("skip", "keep"):
@@ -77,7 +81,7 @@ class ExampleBuilder:
         if self._skip(label_map):
             return []
         processed = self.preprocessor([to_rgb(to_uint8(image, self.spec.intensity))], [label_map])
-        return self._examples(processed, case_id, slice_index, spacing, volumetric=False)
+        return self._examples(processed, label_map[None], case_id, slice_index, spacing, volumetric=False)
 
     def volume_examples(self, image: Volume, label: Volume, case_id: str) -> Iterator[dict[str, Any]]:
         """Examples of one volume: slice by slice (`depth=None`) or chunks of `depth` slices."""
@@ -93,13 +97,17 @@ class ExampleBuilder:
             for k in range(len(gray)):
                 if not self._skip(label_map[k]):
                     processed = self.preprocessor([to_rgb(gray[k])], [label_map[k]])
-                    yield from self._examples(processed, case_id, k, image.spacing, volumetric=False)
+                    yield from self._examples(
+                        processed, label_map[k : k + 1], case_id, k, image.spacing, volumetric=False
+                    )
             return
         for start in chunk_starts(len(gray), self.depth, self.stride):
             chunk = slice(start, start + self.depth)
             if not self._skip(label_map[chunk]):
                 processed = self.preprocessor([to_rgb(s) for s in gray[chunk]], list(label_map[chunk]))
-                yield from self._examples(processed, case_id, start, image.spacing, volumetric=True)
+                yield from self._examples(
+                    processed, label_map[chunk], case_id, start, image.spacing, volumetric=True
+                )
 
     def _decode(self, mask: np.ndarray, volume: bool, where: str) -> np.ndarray:
         spec = self.spec
@@ -111,8 +119,15 @@ class ExampleBuilder:
         return self.empty_targets == "skip" and not label_map.any()
 
     def _examples(
-        self, processed: ProcessedImages, case_id: str, first_slice: int, spacing, volumetric: bool
+        self,
+        processed: ProcessedImages,
+        label_maps: np.ndarray,
+        case_id: str,
+        first_slice: int,
+        spacing,
+        volumetric: bool,
     ) -> list[dict[str, Any]]:
+        """The examples of n processed slices; `label_maps` (n, H, W) are their class ids at full resolution."""
         num_slices = len(processed.targets)
         present = {
             c: [
@@ -142,12 +157,14 @@ class ExampleBuilder:
                     processed.labels == class_id,
                     volumetric,
                 )
+                | self._original(label_maps == class_id, volumetric)
                 | {"class_id": class_id}
             )
         if not examples and self.empty_targets == "keep":
             prompts = [not_a_point_prompt(self.prompt)] * num_slices
             examples.append(
                 self._example(processed, prompts, np.zeros_like(processed.labels, bool), volumetric)
+                | self._original(np.zeros_like(label_maps, bool), volumetric)
                 | {"class_id": 0}
             )
         metadata = {
@@ -158,6 +175,12 @@ class ExampleBuilder:
             "spacing": np.array(spacing, np.float32),
         }
         return [example | metadata for example in examples]
+
+    def _original(self, target: np.ndarray, volumetric: bool) -> dict[str, np.ndarray]:
+        """`original_target` (evaluation only): (n, H, W) for a chunk, (H, W) for one slice or image."""
+        if not self.keep_original_target:
+            return {}
+        return {"original_target": target if volumetric else target[0]}
 
     def _rng(self, case_id: str, slice_index: int, class_id: int) -> np.random.Generator:
         return np.random.default_rng(example_seed(self.seed, case_id, slice_index, class_id))

@@ -51,6 +51,7 @@ def load_task(
     stride: int | None = None,
     empty_targets: Literal["skip", "keep"] = "skip",
     data_dir: str | Path | None = None,
+    keep_original_target: bool = False,
 ) -> IterableDataset:
     """Loads a task as an `IterableDataset` of examples for `SamModel` (see `peft_medsa.data.examples`).
 
@@ -68,6 +69,8 @@ def load_task(
         stride: slices between chunk starts (default `depth`).
         empty_targets: `skip` images/slices/chunks without foreground, or `keep` them (points only).
         data_dir: a local copy of a Hub task, in the same layout (e.g. from `hf download ... --local-dir`).
+        keep_original_target: evaluation sets: each example also carries its target at the label's own
+            resolution (`original_target`), against which metrics are computed.
     """
     spec = resolve_task(task_or_path)
     if sam_config is not None:
@@ -80,6 +83,7 @@ def load_task(
         depth=depth,
         stride=stride,
         empty_targets=empty_targets,
+        keep_original_target=keep_original_target,
     )
     if split not in spec.splits:
         raise ValueError(f"Task {spec.name!r} has no split {split!r}; its splits are {sorted(spec.splits)}.")

@@ -79,10 +79,11 @@ class MedSAArguments:
     dice_weight: float = field(default=1.0, metadata={"help": "Weight of the soft Dice loss."})
     bce_weight: float = field(default=1.0, metadata={"help": "Weight of the binary cross-entropy."})
     iou_weight: float = field(
-        default=0.0, metadata={"help": "Weight of SAM's IoU-head loss (0: off, as the paper)."}
-    )
-    multimask_output: bool = field(
-        default=True, metadata={"help": "Predict 3 masks per prompt and train the best one (as SAM does)."}
+        default=1.0,
+        metadata={
+            "help": "Weight of SAM's IoU-head loss, applied where 3 masks are output (a single click with a "
+            "trainable IoU head; see peft_medsa.mask_selection)."
+        },
     )
 
     def config_overrides(self, volumes: bool) -> dict:

@@ -2,8 +2,10 @@
 
 Med-SA trains with Dice + cross-entropy (paper, section 7 of the design notes). Two details come from SAM:
 with multimask output (M = 3 masks per prompt) only the mask with the lowest loss against the target is
-trained, and the IoU head can be supervised with the mean-squared error between its predicted IoU and the
-real IoU of the thresholded chosen mask.
+trained, and the IoU head is supervised with the mean-squared error between its predicted IoU and the real
+IoU of the thresholded chosen mask, so that at inference it picks the mask training would have picked. The
+IoU term applies only where the head chooses (M > 1): with single-mask output (boxes, several clicks; see
+`peft_medsa.mask_selection`) the loss is the paper's Dice + cross-entropy alone.
 
 Use from a `Trainer.compute_loss`:
 
@@ -62,7 +64,7 @@ def segmentation_loss(
     *,
     dice_weight: float = 1.0,
     bce_weight: float = 1.0,
-    iou_weight: float = 0.0,
+    iou_weight: float = 1.0,
     smooth: float = 1.0,
 ) -> torch.Tensor:
     """Weighted soft Dice + BCE (+ IoU-head MSE) on the best of the M masks of each prompt, averaged over B·P.
@@ -72,7 +74,8 @@ def segmentation_loss(
             size they are resized bilinearly to `(H, W)` first.
         labels: `(B, P, H, W)` targets in [0, 1] (binary masks; soft values are accepted), or `(B, D, P, H, W)`
             for volumes, whose D slices run through SamModel as B*D images, volume-major.
-        iou_scores: `(B, P, M)` predicted IoUs; required when `iou_weight > 0`.
+        iou_scores: `(B, P, M)` predicted IoUs; required when `iou_weight > 0` and M > 1.
+        iou_weight: weight of the IoU-head loss, applied only with several masks per prompt (M > 1).
         smooth: Dice smoothing epsilon, `1 - (2·Σpt + ε) / (Σp + Σt + ε)`. With an empty target the Dice loss is
             `Σp / (Σp + ε)`: 0 for an empty prediction, approaching 1 as predicted mass grows.
 
@@ -81,13 +84,14 @@ def segmentation_loss(
     of the chosen mask thresholded at logit 0 with the target thresholded at 0.5 (1 when both are empty).
     """
     labels = _check_shapes(pred_masks, labels, iou_scores)
-    if iou_weight > 0 and iou_scores is None:
-        raise ValueError("iou_weight > 0 needs iou_scores (B, P, M)")
     if labels.numel() and (labels.min() < 0 or labels.max() > 1):
         raise ValueError(
             f"labels must lie in [0, 1], got values in [{labels.min().item()}, {labels.max().item()}]; "
             "padding values such as -100 must be removed before the loss"
         )
+    supervise_iou = iou_weight > 0 and pred_masks.shape[2] > 1  # the head only matters where it chooses
+    if supervise_iou and iou_scores is None:
+        raise ValueError("iou_weight > 0 with several masks per prompt needs iou_scores (B, P, M)")
 
     logits = resize_mask_logits(pred_masks, tuple(labels.shape[-2:])).float()  # (B, P, M, H, W)
     target = labels.float().unsqueeze(2).expand_as(logits)  # (B, P, 1, H, W) -> (B, P, M, H, W)
@@ -101,7 +105,7 @@ def segmentation_loss(
     best = per_mask.detach().argmin(dim=-1, keepdim=True)  # (B, P, 1)
     loss = per_mask.gather(-1, best).squeeze(-1)  # (B, P)
 
-    if iou_weight > 0:
+    if supervise_iou:
         with torch.no_grad():
             chosen = (
                 logits.gather(2, best[..., None, None].expand(-1, -1, 1, *logits.shape[-2:])).squeeze(2) > 0
@@ -119,12 +123,12 @@ def segmentation_loss(
 class MedSALoss(nn.Module):
     """`segmentation_loss` with its weights fixed at construction, for a Trainer's `compute_loss`.
 
-    The defaults follow the paper (Dice + BCE, equal weights, no IoU-head loss); set `iou_weight=1.0` for SAM's
-    IoU supervision, which matters when evaluation picks the mask with the highest predicted IoU.
+    The defaults: the paper's Dice + BCE with equal weights, plus SAM's IoU-head loss (weight 1) wherever the
+    model outputs several masks, since evaluation then picks the mask with the highest predicted IoU.
     """
 
     def __init__(
-        self, dice_weight: float = 1.0, bce_weight: float = 1.0, iou_weight: float = 0.0, smooth: float = 1.0
+        self, dice_weight: float = 1.0, bce_weight: float = 1.0, iou_weight: float = 1.0, smooth: float = 1.0
     ):
         super().__init__()
         self.dice_weight = dice_weight

@@ -1,4 +1,4 @@
-"""Medical segmentation metrics (Dice, IoU, HD95, NSD), their per-class / per-case aggregation, and Trainer glue.
+"""Medical segmentation metrics (Dice, IoU, HD95, NSD) and their per-class / per-case aggregation.
 
 All metrics are computed on binary masks obtained by thresholding probabilities (or logits with
 `from_logits=True`, which applies the sigmoid first); raw logits passed as probabilities are rejected, so the
@@ -10,6 +10,10 @@ when `spacing` is None):
 - Dice `2|P∩T| / (|P|+|T|)`, IoU `|P∩T| / |P∪T|`.
 - HD95: the larger of the two directed 95th percentiles of surface distances (∂P -> ∂T and ∂T -> ∂P), as MONAI.
 - NSD at tolerance τ: the fraction of surface voxels of both masks lying within τ of the other surface.
+Units: the aggregator and every report name the distance metrics by their unit: `hd95_mm` / `nsd_mm` (NSD
+tolerance in mm) when the voxel spacing is known, `hd95_px` / `nsd_px` (tolerance in pixels) when it is not
+(PNG/JPEG), so a pixel distance can never be read as millimetres.
+
 Empty masks: both empty gives Dice 1, IoU 1, HD95 0, NSD 1 (a correct "nothing here"). Exactly one empty gives
 Dice 0, IoU 0, NSD 0 and HD95 NaN: a distance to an empty set is undefined, and a stand-in such as the image
 diagonal depends on image size and would dominate any mean. Means skip these NaNs and `compute()` reports how
@@ -19,19 +23,27 @@ many there were under `hd95_undefined`, so a model that misses whole structures 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from scipy import ndimage
 from scipy.special import expit
-from transformers import EvalPrediction
-
-from .losses import resize_mask_logits
 
 ArrayLike = np.ndarray | torch.Tensor
 METRIC_NAMES = ("dice", "iou", "hd95", "nsd")
+DISTANCE_METRICS = ("hd95", "nsd")
+
+
+def distance_unit(spacing: Sequence[float] | None) -> str:
+    """`mm` for a known voxel spacing (medical formats store it in mm), `px` for none."""
+    return "px" if spacing is None else "mm"
+
+
+def metric_key(metric: str, unit: str) -> str:
+    """A metric's report name: distance metrics carry their unit (`hd95_mm`, `nsd_px`), overlaps do not."""
+    return f"{metric}_{unit}" if metric in DISTANCE_METRICS else metric
 
 
 def _to_numpy(x: ArrayLike) -> np.ndarray:
@@ -140,11 +152,12 @@ def segmentation_metrics(
     from_logits: bool = False,
 ) -> dict[str, float]:
     """Dice, IoU, HD95 and NSD of one 2-D image or 3-D volume; `spacing` (one value per axis, e.g. (z, y, x)
-    in mm) makes HD95 and the NSD tolerance physical."""
+    in mm) makes HD95 and the NSD tolerance physical: keys `hd95_mm`, `nsd_mm`, else `hd95_px`, `nsd_px`."""
     p, t = _prepare(pred, target, threshold, from_logits)
     dice, iou = _overlap(p, t)
     hd95, nsd = _surface_scores(p, t, _spacing(spacing, p.ndim), tolerance_mm)
-    return {"dice": dice, "iou": iou, "hd95": hd95, "nsd": nsd}
+    unit = distance_unit(spacing)
+    return {"dice": dice, "iou": iou, f"hd95_{unit}": hd95, f"nsd_{unit}": nsd}
 
 
 def dice_score(
@@ -251,7 +264,7 @@ class MetricAggregator:
             raise ValueError(
                 f"a slice needs a case_id and a 2-D mask, got case_id={case_id!r} and shape {p.shape}"
             )
-        spacing = _spacing(spacing, 3)
+        spacing = None if spacing is None else _spacing(spacing, 3)
         volume = self._volumes.setdefault(
             (case_id, class_id), {"shape": p.shape, "spacing": spacing, "slices": {}}
         )
@@ -275,7 +288,16 @@ class MetricAggregator:
     def _score(self, case_id: Any, class_id: int, p: np.ndarray, t: np.ndarray, spacing) -> dict[str, Any]:
         dice, iou = _overlap(p, t)
         hd95, nsd = _surface_scores(p, t, _spacing(spacing, p.ndim), self.tolerance_mm)
-        return {"case_id": case_id, "class_id": class_id, "dice": dice, "iou": iou, "hd95": hd95, "nsd": nsd}
+        unit = distance_unit(spacing)
+        return {
+            "case_id": case_id,
+            "class_id": class_id,
+            "dice": dice,
+            "iou": iou,
+            f"hd95_{unit}": hd95,
+            f"nsd_{unit}": nsd,
+            "unit": unit,
+        }
 
     def _stack(self, slices: dict[int, Any]) -> tuple[np.ndarray, np.ndarray]:
         """The (z, y, x) volume of stored slices, cropped in-plane to their joint foreground (exact for all metrics)."""
@@ -295,13 +317,14 @@ class MetricAggregator:
         return p, t
 
     def per_case(self) -> list[dict[str, Any]]:
-        """One record per (case, class): `case_id`, `class_id`, `dice`, `iou`, `hd95`, `nsd`; volumes in 3-D."""
+        """One record per (case, class): `case_id`, `class_id`, `dice`, `iou`, `hd95_<unit>`, `nsd_<unit>` and
+        `unit` (`mm` or `px`); volumes in 3-D."""
         volumes = []
         for (case_id, class_id), volume in self._volumes.items():
             p, t = self._stack(volume["slices"])
             spacing = volume["spacing"]
             if len(volume["slices"]) == 1:  # no depth to measure along: a 2-D case
-                p, t, spacing = p[0], t[0], spacing[1:]
+                p, t, spacing = p[0], t[0], None if spacing is None else spacing[1:]
             volumes.append(self._score(case_id, class_id, p, t, spacing))
         return self._records + volumes
 
@@ -311,126 +334,34 @@ class MetricAggregator:
         except (TypeError, KeyError, IndexError):
             return str(class_id)
 
+    def unit(self) -> str:
+        """The distance unit of everything added so far: `mm` (spacing known) or `px`; mixing them raises."""
+        units = {r["unit"] for r in self.per_case()}
+        if len(units) != 1:
+            raise ValueError(
+                "cases with a known spacing (mm) and without one (pixels) cannot be averaged together; "
+                f"got units {sorted(units)}: give every case a spacing, or none"
+            )
+        return units.pop()
+
     def compute(self) -> dict[str, float]:
-        """A flat dict of floats: `dice`, `iou`, `hd95`, `nsd` (means over classes), `<metric>/<class name>`,
-        and `hd95_undefined` (cases where exactly one of prediction and target was empty)."""
+        """A flat dict of floats: `dice`, `iou`, `hd95_<unit>`, `nsd_<unit>` (means over classes; unit `mm` or
+        `px`), `<metric>/<class name>`, and `hd95_undefined` (cases where exactly one of prediction and target
+        was empty)."""
         records = self.per_case()
         if not records:
             raise ValueError("no examples were added to the MetricAggregator")
+        names = [metric_key(metric, self.unit()) for metric in METRIC_NAMES]
         result: dict[str, float] = {}
-        per_class = {name: [] for name in METRIC_NAMES}
+        per_class = {name: [] for name in names}
         for class_id in sorted({r["class_id"] for r in records}):
-            name = self._class_name(class_id)
+            class_name = self._class_name(class_id)
             rows = [r for r in records if r["class_id"] == class_id]
-            for metric in METRIC_NAMES:
-                value = _nanmean([r[metric] for r in rows])
-                result[f"{metric}/{name}"] = value
-                per_class[metric].append(value)
-        for metric, values in per_class.items():
-            result[metric] = _nanmean(values)
-        result["hd95_undefined"] = float(sum(math.isnan(r["hd95"]) for r in records))
+            for name in names:
+                value = _nanmean([r[name] for r in rows])
+                result[f"{name}/{class_name}"] = value
+                per_class[name].append(value)
+        for name, values in per_class.items():
+            result[name] = _nanmean(values)
+        result["hd95_undefined"] = float(sum(math.isnan(r[names[2]]) for r in records))
         return result
-
-
-def select_masks(predictions: ArrayLike | Sequence[ArrayLike]) -> torch.Tensor:
-    """Pick one mask per prompt from SamModel's outputs: the one with the highest predicted IoU, as SAM does.
-
-    `predictions` is what a Trainer collects for SamModel: the tuple `(iou_scores (B, P, M), pred_masks
-    (B, P, M, h, w))` (in any order), a lone `pred_masks`, or masks already selected `(B, P, h, w)`.
-    Returns the selected logits `(B, P, h, w)`. Eval picks by predicted IoU because the target is unknown at
-    inference; training (the loss) picks the mask closest to the target instead.
-    """
-    arrays = list(predictions) if isinstance(predictions, (tuple, list)) else [predictions]
-    arrays = [torch.as_tensor(a) if not isinstance(a, torch.Tensor) else a for a in arrays]
-    masks = [a for a in arrays if a.ndim in (4, 5)]
-    scores = [a for a in arrays if a.ndim == 3]
-    if len(masks) != 1 or len(scores) > 1:
-        raise ValueError(
-            "expected pred_masks (B, P, M, h, w) or (B, P, h, w) and optionally iou_scores (B, P, M), got arrays "
-            f"of shapes {[tuple(a.shape) for a in arrays]}"
-        )
-    masks = masks[0]
-    if masks.ndim == 4:
-        return masks
-    if masks.shape[2] == 1:
-        return masks[:, :, 0]
-    if not scores or scores[0].shape != masks.shape[:3]:
-        raise ValueError(
-            f"pred_masks {tuple(masks.shape)} hold several masks per prompt: iou_scores (B, P, M) are needed to "
-            f"choose one, got {[tuple(s.shape) for s in scores]}"
-        )
-    best = scores[0].argmax(dim=-1)  # (B, P)
-    return masks[torch.arange(masks.shape[0])[:, None], torch.arange(masks.shape[1])[None, :], best]
-
-
-def preprocess_logits_for_metrics(logits: Any, labels: Any) -> torch.Tensor:
-    """For `Trainer(preprocess_logits_for_metrics=...)`: keep only the selected mask of each prompt on device,
-    so evaluation gathers M times less data."""
-    return select_masks(logits)
-
-
-def make_compute_metrics(
-    aggregator: MetricAggregator | None = None, metadata: Sequence[Mapping[str, Any]] | None = None
-) -> Callable[..., dict[str, float]]:
-    """Build `compute_metrics(eval_pred, compute_result=True)` for a Trainer, with or without `batch_eval_metrics`.
-
-    `eval_pred.predictions` are SamModel's outputs (see `select_masks`), `eval_pred.label_ids` the labels
-    `(B, P, H, W)`; prompts whose labels are all -100 (the Trainer's padding of P) are skipped. The selected mask
-    logits are resized bilinearly to the label size, then passed through the sigmoid and thresholded.
-
-    `metadata`, one mapping per evaluation example in dataset order (e.g. `eval_dataset.select_columns([...])`),
-    may hold `case_id`, `slice_index`, `spacing` (NaN values mean unknown: pixel units) and `class_id` (one for
-    all prompts) or `class_ids` (one per prompt); without it every example is its own case and all prompts are
-    class 0. Volume examples, labels `(B, D, P, H, W)` with predictions for B*D slices (volume-major), add their
-    slices `slice_index + d` of `case_id`, so each case is scored in 3-D. The order assumption holds for the
-    Trainer's sequential evaluation on one process. With `batch_eval_metrics=True` each batch is added as it
-    comes and only the last call (`compute_result=True`) computes. The aggregator keeps the last evaluation's
-    examples until the next one starts, so `aggregator.per_case()` can be read after `trainer.evaluate()`.
-    """
-    aggregator = aggregator if aggregator is not None else MetricAggregator()
-    state = {"seen": 0, "done": False}
-
-    def compute_metrics(eval_pred: EvalPrediction, compute_result: bool = True) -> dict[str, float]:
-        if state["done"]:
-            aggregator.reset()
-            state.update(seen=0, done=False)
-        logits = select_masks(eval_pred.predictions)  # (B, P, h, w); volumes (B*D, P, h, w) or (B, D*P, h, w)
-        labels = torch.as_tensor(eval_pred.label_ids)
-        volumes = labels.ndim == 5
-        if volumes and logits.shape[0] == labels.shape[0] != labels.shape[0] * labels.shape[1]:
-            logits = logits.reshape(-1, labels.shape[2], *logits.shape[-2:])  # (B, D*P, ...) -> (B*D, P, ...)
-        slices = labels.flatten(0, 1) if volumes else labels  # (B*D, P, H, W), volume-major
-        if slices.ndim != 4 or logits.shape[:2] != slices.shape[:2]:
-            raise ValueError(
-                f"selected masks have shape {tuple(logits.shape)} and labels have shape {tuple(labels.shape)}: "
-                "expected (B, P, h, w) with labels (B, P, H, W), or (B*D, P, h, w) with labels (B, D, P, H, W)"
-            )
-        depth = labels.shape[1] if volumes else 1
-        for n in range(slices.shape[0]):
-            i, d = divmod(n, depth)  # example in this batch, slice in its volume
-            meta = metadata[state["seen"] + i] if metadata is not None else {}
-            spacing = meta.get("spacing")
-            if spacing is not None and np.isnan(np.asarray(spacing, dtype=float)).any():
-                spacing = None
-            slice_index = meta.get("slice_index", 0) + d if volumes else meta.get("slice_index")
-            slice_logits = resize_mask_logits(logits[n], tuple(slices.shape[-2:]))  # (P, H, W)
-            for prompt in range(slices.shape[1]):
-                if (slices[n, prompt] == -100).all():  # padding added by the Trainer
-                    continue
-                class_id = meta["class_ids"][prompt] if "class_ids" in meta else meta.get("class_id", 0)
-                aggregator.add(
-                    slice_logits[prompt],
-                    slices[n, prompt],
-                    case_id=meta.get("case_id", state["seen"] + i),
-                    class_id=int(class_id),
-                    slice_index=None if slice_index is None else int(slice_index),
-                    spacing=spacing,
-                    from_logits=True,
-                )
-        state["seen"] += labels.shape[0]
-        if not compute_result:
-            return {}
-        state["done"] = True
-        return aggregator.compute()
-
-    return compute_metrics

@@ -10,19 +10,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from peft import PeftModel, get_peft_model
-from transformers import EvalPrediction, SamModel, TrainerCallback, TrainingArguments, set_seed
+from transformers import SamModel, TrainerCallback, TrainingArguments, set_seed
 
 from ..config import MedSAConfig
 from ..data import SamDataCollator, load_task, resolve_task
 from ..hub import build_model_card, save_adapter_with_card
 from .arguments import MedSAArguments, ModelArguments, TaskArguments
+from .evaluation import EvaluationReport, evaluation_set, metrics_for
 from .losses import MedSALoss
-from .metrics import MetricAggregator, make_compute_metrics
+from .metrics import MetricAggregator
 from .trainer import MedSATrainer
-
-METADATA_KEYS = ("case_id", "slice_index", "class_id", "spacing")
 
 
 def build_model(model_args: ModelArguments, medsa_args: MedSAArguments, volumes: bool) -> PeftModel:
@@ -46,53 +44,6 @@ def training_set(task_args: TaskArguments, sam_config: Any, shuffle_seed: int) -
     return examples.shuffle(seed=shuffle_seed, buffer_size=task_args.shuffle_buffer)
 
 
-def evaluation_set(
-    task_args: TaskArguments, sam_config: Any, split: str, prompt: str
-) -> list[dict[str, Any]]:
-    """The evaluation examples, in a fixed order (metrics match them to their metadata by position)."""
-    examples = load_task(
-        task_args.task,
-        split=split,
-        streaming=task_args.streaming,
-        prompt=prompt,
-        seed=task_args.prompt_seed,
-        sam_config=sam_config,
-        depth=task_args.depth,
-        data_dir=task_args.data_dir,
-    )
-    if task_args.max_eval_samples is not None:
-        examples = examples.take(task_args.max_eval_samples)
-    return list(examples)
-
-
-def metrics_for(
-    examples: list[dict[str, Any]], class_names: dict[int, str], aggregator: MetricAggregator | None = None
-):
-    """A Trainer `compute_metrics` that scores `examples` per class and per case (volumes in 3-D); pass an
-    `aggregator` to read its per-case results after an evaluation."""
-    metadata = [{key: example[key] for key in METADATA_KEYS if key in example} for example in examples]
-    return make_compute_metrics(aggregator or MetricAggregator(class_names), metadata=metadata)
-
-
-def box_baseline(
-    examples: list[dict[str, Any]], class_names: dict[int, str], image_size: int
-) -> dict[str, float]:
-    """The metrics of the prompt box itself used as the mask: what a box gives with no model at all."""
-    batch = SamDataCollator()(examples)
-    if "input_boxes" not in batch:
-        raise ValueError("The box baseline needs box prompts (e.g. prompt='box' or 'bbox-0.75').")
-    labels = batch["labels"]  # (B, P, H, W), or (B, D, P, H, W) for volumes
-    height, width = labels.shape[-2:]
-    boxes = batch["input_boxes"].reshape(-1, *batch["input_boxes"].shape[-2:])  # (B or B*D, P, 4)
-    boxes = boxes * torch.tensor([width, height, width, height]) / image_size  # in the label frame
-    rows, columns = torch.arange(height)[:, None] + 0.5, torch.arange(width)[None, :] + 0.5
-    x1, y1, x2, y2 = (boxes[..., i, None, None] for i in range(4))  # each (B*D, P, 1, 1)
-    inside = (columns >= x1) & (columns <= x2) & (rows >= y1) & (rows <= y2)  # (B*D, P, H, W)
-    logits = inside.float() * 40 - 20  # a hard mask, as logits
-    metrics = metrics_for(examples, class_names)(EvalPrediction(predictions=logits, label_ids=labels))
-    return {key: value for key, value in metrics.items() if _is_quality(key)}
-
-
 def make_trainer(
     model: Any,
     training_args: TrainingArguments,
@@ -103,7 +54,7 @@ def make_trainer(
     callbacks: list[TrainerCallback] | None = None,
     aggregator: MetricAggregator | None = None,
 ) -> MedSATrainer:
-    """A MedSATrainer that scores `eval_set` per class and per case (volumes in 3-D)."""
+    """A MedSATrainer that scores `eval_set` per class and per case (volumes in 3-D), in the original grid."""
     medsa_args = medsa_args or MedSAArguments()
     return MedSATrainer(
         model=model,
@@ -111,9 +62,8 @@ def make_trainer(
         train_dataset=train_set,
         eval_dataset=eval_set,
         data_collator=SamDataCollator(),
-        compute_metrics=metrics_for(eval_set, class_names, aggregator),
+        compute_metrics=metrics_for(eval_set, aggregator or MetricAggregator(class_names)),
         loss_fn=MedSALoss(medsa_args.dice_weight, medsa_args.bce_weight, medsa_args.iou_weight),
-        multimask_output=medsa_args.multimask_output,
         callbacks=callbacks,
     )
 
@@ -130,43 +80,65 @@ def train(
     spec = resolve_task(task_args.task)
     model = build_model(model_args, medsa_args, volumes=task_args.depth is not None)
     train_set = training_set(task_args, model.config, training_args.seed)
-    eval_set = evaluation_set(task_args, model.config, task_args.eval_split, task_args.eval_prompt)
-    trainer = make_trainer(model, training_args, eval_set, spec.labels, medsa_args, train_set, callbacks)
+    eval_set = evaluation_set(
+        spec,
+        model.config,
+        task_args.eval_split,
+        task_args.eval_prompt,
+        prompt_seed=task_args.prompt_seed,
+        depth=task_args.depth,
+        data_dir=task_args.data_dir,
+        max_samples=task_args.max_eval_samples,
+        streaming=task_args.streaming,
+    )
+    aggregator = MetricAggregator(spec.labels)
+    trainer = make_trainer(
+        model, training_args, eval_set, spec.labels, medsa_args, train_set, callbacks, aggregator
+    )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    metrics = trainer.evaluate(metric_key_prefix="eval")
+    metrics = trainer.evaluate(metric_key_prefix="eval")  # the kept (best) adapter, on every process
     if trainer.is_world_process_zero():
         trainer.save_metrics("eval", metrics)
         trainer.save_state()  # trainer_state.json: the log history (learning curve)
-        results = {key.removeprefix("eval_"): value for key, value in metrics.items() if _is_quality(key)}
+        report = EvaluationReport.from_aggregator(
+            aggregator,
+            task=spec.name,
+            split=task_args.eval_split,
+            prompt=task_args.eval_prompt,
+            prompt_seed=task_args.prompt_seed,
+            examples=len(eval_set),
+        )
+        output_dir = Path(training_args.output_dir)
+        report.save(output_dir / "metrics.json")
         card = build_model_card(
             model,
             task_name=spec.name,
             dataset_id=spec.repo_id,
-            metrics=results,
+            metrics=report.metrics,
             eval_split=task_args.eval_split,
             eval_prompt=f"prompt `{task_args.eval_prompt}`, seed {task_args.prompt_seed}",
-            limits=evaluation_limits(spec, eval_set, task_args),
+            limits=evaluation_limits(spec, eval_set, task_args, report),
+            nsd_tolerance=report.nsd_tolerance,
             training_config={**vars(task_args), **vars(medsa_args), **_training_summary(training_args)},
         )
-        save_adapter_with_card(model, Path(training_args.output_dir), card)
+        save_adapter_with_card(model, output_dir, card)
     return metrics
 
 
-def evaluation_limits(spec: Any, eval_set: list[dict[str, Any]], task_args: TaskArguments) -> str:
-    """What the card's numbers can and cannot say."""
+def evaluation_limits(
+    spec: Any, eval_set: list[dict[str, Any]], task_args: TaskArguments, report: EvaluationReport
+) -> str:
+    """What the card's numbers can and cannot say, and their units."""
     cases = sorted({str(example["case_id"]) for example in eval_set})
     verified = "" if spec.verified else " The task's column layout was not verified against the Hub dataset."
     return (
         f"{len(eval_set)} evaluation examples from {len(cases)} case(s) of the `{task_args.eval_split}` split "
         f"({', '.join(cases[:8])}{', ...' if len(cases) > 8 else ''}). Prompts are simulated from the ground truth "
-        f"(`{task_args.eval_prompt}`), so scores are upper bounds of what a clinician's prompts would give; "
+        f"(`{task_args.eval_prompt}`), so scores are upper bounds of what a clinician's prompts would give. "
+        f"Masks are scored on the labels' original grid: {report.units} "
         "HD95 is undefined (skipped, counted in `hd95_undefined`) where a prediction or target is empty."
         + verified
     )
-
-
-def _is_quality(key: str) -> bool:
-    return key.removeprefix("eval_").split("/")[0] in ("dice", "iou", "hd95", "nsd", "hd95_undefined")
 
 
 def _training_summary(args: TrainingArguments) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
+from ..mask_selection import predict_masks
 from .losses import MedSALoss
 
 
@@ -18,9 +19,7 @@ class MedSATrainer(Trainer):
     defaults, so that evaluation hands `labels` to `compute_metrics`.
     """
 
-    def __init__(
-        self, *args: Any, loss_fn: MedSALoss | None = None, multimask_output: bool = True, **kwargs: Any
-    ):
+    def __init__(self, *args: Any, loss_fn: MedSALoss | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if self.args.label_names is None:  # the Trainer would guess `input_labels`, a prompt input
             self.args.label_names = self.label_names = ["labels"]
@@ -29,7 +28,6 @@ class MedSATrainer(Trainer):
         # it by the gradient-accumulation steps (SamModel.forward's **kwargs would make it assume otherwise).
         self.model_accepts_loss_kwargs = False
         self.loss_fn = loss_fn or MedSALoss()
-        self.multimask_output = multimask_output
 
     def compute_loss(
         self,
@@ -40,7 +38,7 @@ class MedSATrainer(Trainer):
     ):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
-        outputs = model(**inputs, multimask_output=self.multimask_output)
+        outputs = predict_masks(model, inputs)  # single or multimask output: see peft_medsa.mask_selection
         loss = self.loss_fn(outputs.pred_masks, labels, outputs.iou_scores)
         if return_outputs and labels.ndim == 5:
             # Volumes: the model answers per slice (B*D, P, ...); evaluation gathers and truncates along the batch

@@ -19,7 +19,7 @@ Args:
     predictions: 2-D or 3-D arrays of probabilities in [0, 1] (or logits with `from_logits=True`).
     references: binary arrays of the same shapes.
     spacing: voxel spacing, one value per axis (e.g. (z, y, x) in mm), for all examples, or one per example;
-        for slices (see `slice_indices`) the volume's (z, y, x). Default: 1 per axis (pixel units).
+        for slices (see `slice_indices`) the volume's (z, y, x). Default: none (pixel units).
     case_ids, class_ids, slice_indices: optional per-example lists. Examples with a slice index are stacked by
         case and class and scored in 3-D.
     class_names: a list or dict naming the class ids in the output keys (`dice/<name>`).
@@ -27,7 +27,8 @@ Args:
     threshold: probability threshold. Default 0.5.
     from_logits: apply the sigmoid to the predictions first. Default False.
 Returns:
-    A flat dict of floats: `dice`, `iou`, `hd95`, `nsd`, `<metric>/<class name>`, `hd95_undefined`.
+    A flat dict of floats: `dice`, `iou`, `hd95_mm`, `nsd_mm` (with a spacing; `hd95_px`, `nsd_px` in pixels
+    without one), `<metric>/<class name>`, `hd95_undefined`.
 Examples:
     >>> metric = evaluate.load("peft_medsa/training/medsa_metric")
     >>> metric.compute(predictions=[[[0.9, 0.1], [0.2, 0.1]]], references=[[[1, 0], [0, 0]]])["dice"]
