@@ -120,3 +120,46 @@ def test_prompt_config_validation():
         PromptConfig("box", box_tau=1.5)
     with pytest.raises(ValueError, match="num_positive \\+ num_negative >= 1"):
         PromptConfig("points", num_positive=0)
+
+
+def test_sam_box_noise_is_bounded_and_has_the_specified_spread():
+    """SAM's training noise: per coordinate std 10 % of the box side, clipped to 20 px of a 1024-px input."""
+    mask = np.zeros((1024, 1024), bool)
+    mask[100:400, 200:260] = True  # 60 px wide, 300 px tall: std 6 px on x; 30 px, clipped to 20, on y
+    config = PromptConfig("box", box_noise=0.1)
+    rng = np.random.default_rng(0)
+    offsets = np.stack([sample_box(mask, config, rng) - tight_box(mask) for _ in range(4000)])
+    assert np.abs(offsets).max() <= 20.0 + 1e-4
+    assert offsets[:, [0, 2]].std() == pytest.approx(6.0, rel=0.05)  # the cap is rarely reached on x
+    assert np.abs(offsets[:, [1, 3]]).max() == pytest.approx(20.0)  # ...and often on y
+    small = np.zeros((128, 128), bool)  # a 128-px model input: the cap scales to 20 * 128 / 1024 = 2.5 px
+    small[10:100, 10:100] = True
+    offsets = np.stack([sample_box(small, config, rng) - tight_box(small) for _ in range(200)])
+    assert np.abs(offsets).max() == pytest.approx(2.5)
+
+
+def test_only_training_boxes_are_noised():
+    image, mask = wide_image_and_mask()
+    fixed = builder("box").image_examples(image, mask, "c")
+    noisy = builder(PromptConfig("box", box_noise=0.1)).image_examples(image, mask, "c")
+    again = builder(PromptConfig("box", box_noise=0.1)).image_examples(image, mask, "c")
+    for f, n, a in zip(fixed, noisy, again, strict=True):
+        assert np.array_equal(f["input_boxes"], np.round(f["input_boxes"]))  # evaluation: the tight box
+        assert not np.array_equal(f["input_boxes"], n["input_boxes"])
+        assert np.array_equal(n["input_boxes"], a["input_boxes"])  # seeded: reproducible
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sampled_corrective_clicks_fall_inside_the_previous_error_region(seed):
+    rng = np.random.default_rng(seed)
+    target = rng.random((4, 32, 32)) > 0.6
+    prediction = rng.random((4, 32, 32)) > 0.6
+    prediction[3] = target[3]  # nothing left to correct
+    points, labels = next_click(prediction, target, rng=np.random.default_rng(seed))
+    for k in range(3):
+        col, row = points[k].astype(int)
+        assert prediction[k, row, col] != target[k, row, col]  # an error pixel...
+        assert labels[k] == int(target[k, row, col])  # ...positive where missed, negative where extra
+    assert labels[3] == -1
+    again, _ = next_click(prediction, target, rng=np.random.default_rng(seed))
+    assert np.array_equal(points, again)

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 NOT_A_POINT = -1  # SAM's label for "no point here" (its prompt encoder has a learned embedding for it)
+SAM_INPUT_SIZE = 1024  # the input side SAM's pixel figures refer to (e.g. its 20-px cap on box noise)
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,8 @@ class PromptConfig:
 
     `points`: `num_positive` clicks drawn uniformly inside the target and `num_negative` outside it (anywhere
     else in the image). `box`: the target's tight box, then, if `box_tau` is set, moved so that its IoU with
-    the tight box is `box_tau` (see `tau_box`), then each corner jittered by up to `box_jitter` pixels and
-    clipped to the image.
+    the tight box is `box_tau` (see `tau_box`), then each corner jittered by up to `box_jitter` pixels, then,
+    if `box_noise` is set, SAM's training noise (see `noisy_box`), and clipped to the image.
     """
 
     kind: Literal["points", "box"] = "points"
@@ -33,6 +34,8 @@ class PromptConfig:
     num_negative: int = 0
     box_tau: float | None = None
     box_jitter: float = 0.0
+    box_noise: float = 0.0
+    box_noise_max: float = 20.0
 
     def __post_init__(self):
         if self.kind not in ("points", "box"):
@@ -43,6 +46,11 @@ class PromptConfig:
             raise ValueError(f"box_tau is an IoU and must be in (0, 1], got {self.box_tau}.")
         if self.box_jitter < 0:
             raise ValueError(f"box_jitter must be >= 0 pixels, got {self.box_jitter}.")
+        if self.box_noise < 0 or self.box_noise_max < 0:
+            raise ValueError(
+                f"box_noise (a fraction of the box side) and box_noise_max (pixels) must be >= 0, got "
+                f"{self.box_noise} and {self.box_noise_max}."
+            )
 
     @property
     def num_points(self) -> int:
@@ -159,10 +167,23 @@ def sample_box(mask: np.ndarray, config: PromptConfig, rng: np.random.Generator)
         box = tau_box(box, config.box_tau, rng, (height, width))
     if config.box_jitter:
         box = box + rng.uniform(-config.box_jitter, config.box_jitter, size=4).astype(np.float32)
+    if config.box_noise:
+        box = noisy_box(
+            box, config.box_noise, config.box_noise_max * max(height, width) / SAM_INPUT_SIZE, rng
+        )
     box = np.clip(box, 0, [width - 1, height - 1, width - 1, height - 1])
     return np.array(
         [min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])], np.float32
     )
+
+
+def noisy_box(box: np.ndarray, std: float, limit: float, rng: np.random.Generator) -> np.ndarray:
+    """SAM's training boxes (Kirillov et al. 2023, appendix A): each coordinate gets Gaussian noise whose standard
+    deviation is `std` (SAM: 10 %) of the box side along its axis, clipped to `limit` pixels (SAM: 20 px of its
+    1024-px input; `sample_box` scales that to the frame). Evaluation boxes get none."""
+    extent = np.array([box[2] - box[0] + 1, box[3] - box[1] + 1] * 2, dtype=np.float64)
+    noise = np.clip(rng.normal(0.0, std * extent), -limit, limit)
+    return (box + noise).astype(np.float32)
 
 
 def sample_prompt(mask: np.ndarray, config: PromptConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -182,16 +203,19 @@ def not_a_point_prompt(config: PromptConfig) -> dict[str, np.ndarray]:
 
 
 def next_click(
-    prediction: np.ndarray, target: np.ndarray, scale: float = 1.0
+    prediction: np.ndarray, target: np.ndarray, scale: float = 1.0, rng: np.random.Generator | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The next evaluation click for each mask of `prediction`/`target` (..., H, W), as in interactive SAM.
+    """The next corrective click for each mask of `prediction`/`target` (..., H, W), as in interactive SAM.
 
-    Takes the largest connected error region: a missed region (target, not predicted) gives a positive click
-    (label 1), a false-positive region a negative one (0). The click is the region's pixel farthest from its
-    border (Euclidean distance transform), so it sits well inside. Returns points (..., 2) float32 in (x, y)
-    and labels (...,) int64; with no error left, the label is not-a-point (-1). `scale` maps mask pixels to
-    the input frame (e.g. image_size / mask_size when the masks are at the mask-decoder resolution), keeping
-    pixel centres aligned.
+    A click in a missed region (target, not predicted) is positive (label 1), one in a false-positive region
+    negative (0); with no error left, the label is not-a-point (-1). Where the click goes:
+    - `rng=None` (evaluation, deterministic): in the largest connected error region, at its pixel farthest
+      from the region's border (Euclidean distance transform), so it sits well inside;
+    - with a generator (training, as SAM: "sampled uniformly from the error region between the previous mask
+      prediction and the ground truth"): any error pixel, uniformly.
+    Returns points (..., 2) float32 in (x, y) and labels (...,) int64. `scale` maps mask pixels to the input
+    frame (e.g. image_size / mask_size when the masks are at the mask-decoder resolution), keeping pixel
+    centres aligned.
     """
     prediction, target = np.asarray(prediction, bool), np.asarray(target, bool)
     if prediction.shape != target.shape:
@@ -200,21 +224,40 @@ def next_click(
     points = np.zeros((*lead, 2), np.float32)
     labels = np.full(lead, NOT_A_POINT, np.int64)
     for index in np.ndindex(*lead):
-        best_size, best = 0, None
-        for label, errors in (
-            (1, target[index] & ~prediction[index]),
-            (0, prediction[index] & ~target[index]),
-        ):
-            components, count = ndimage.label(errors)
-            if count:
-                sizes = np.bincount(components.ravel())[1:]
-                if sizes.max() > best_size:
-                    best_size, best = sizes.max(), (label, components == sizes.argmax() + 1)
-        if best is None:
+        click = (
+            _deepest_error(prediction[index], target[index])
+            if rng is None
+            else _sampled_error(prediction[index], target[index], rng)
+        )
+        if click is None:
             continue
-        label, region = best
-        depth = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]  # image border counts as border
-        row, col = np.unravel_index(depth.argmax(), depth.shape)
+        row, col = click
         points[index] = ((col + 0.5) * scale - 0.5, (row + 0.5) * scale - 0.5)
-        labels[index] = label
+        labels[index] = int(target[index][row, col])
     return points, labels
+
+
+def _deepest_error(prediction: np.ndarray, target: np.ndarray) -> tuple[int, int] | None:
+    """The pixel farthest inside the largest connected error region (missed or false positive), or None."""
+    best_size, best = 0, None
+    for errors in (target & ~prediction, prediction & ~target):
+        components, count = ndimage.label(errors)
+        if count:
+            sizes = np.bincount(components.ravel())[1:]
+            if sizes.max() > best_size:
+                best_size, best = sizes.max(), components == sizes.argmax() + 1
+    if best is None:
+        return None
+    depth = ndimage.distance_transform_edt(np.pad(best, 1))[1:-1, 1:-1]  # image border counts as border
+    return np.unravel_index(depth.argmax(), depth.shape)
+
+
+def _sampled_error(
+    prediction: np.ndarray, target: np.ndarray, rng: np.random.Generator
+) -> tuple[int, int] | None:
+    """A uniformly drawn error pixel (missed or false positive), or None."""
+    rows, cols = np.nonzero(prediction ^ target)
+    if not len(rows):
+        return None
+    pick = rng.integers(len(rows))
+    return rows[pick], cols[pick]

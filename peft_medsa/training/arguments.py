@@ -44,6 +44,20 @@ class TaskArguments:
         default="box",
         metadata={"help": "Prompt preset for training: 1-click, 3-click, box, bbox-0.5, bbox-0.75."},
     )
+    train_box_noise: float = field(
+        default=0.1,
+        metadata={
+            "help": "SAM's noise on training boxes: std as a fraction of the box side (at most 20 px of a "
+            "1024-px input); 0 turns it off. Evaluation boxes are never noised."
+        },
+    )
+    corrective_clicks: int = field(
+        default=0,
+        metadata={
+            "help": "Iterative training (SAM, Med-SA): this many more rounds per step, each adding a click "
+            "sampled from the previous error region and feeding the previous mask back (0: off)."
+        },
+    )
     eval_prompt: str = field(
         default="box", metadata={"help": "Prompt preset for evaluation (seeded: runs compare)."}
     )

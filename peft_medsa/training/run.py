@@ -7,6 +7,7 @@ Distribution (DDP, FSDP, several nodes) comes from `accelerate launch`; nothing 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from peft import PeftModel, get_peft_model
 from transformers import SamModel, TrainerCallback, TrainingArguments, set_seed
 
 from ..config import MedSAConfig
-from ..data import SamDataCollator, load_task, resolve_task
+from ..data import PromptConfig, SamDataCollator, load_task, resolve_task
 from ..hub import build_model_card, save_adapter_with_card
 from .arguments import MedSAArguments, ModelArguments, TaskArguments
 from .evaluation import EvaluationReport, evaluation_set, metrics_for
@@ -30,12 +31,13 @@ def build_model(model_args: ModelArguments, medsa_args: MedSAArguments, volumes:
 
 
 def training_set(task_args: TaskArguments, sam_config: Any, shuffle_seed: int) -> Any:
-    """The training examples, shuffled through a buffer (`TaskArguments.shuffle_buffer`)."""
+    """The training examples, shuffled through a buffer (`TaskArguments.shuffle_buffer`); boxes get SAM's noise
+    (`TaskArguments.train_box_noise`), drawn once per example and prompt seed."""
     examples = load_task(
         task_args.task,
         split="train",
         streaming=task_args.streaming,
-        prompt=task_args.train_prompt,
+        prompt=replace(PromptConfig.resolve(task_args.train_prompt), box_noise=task_args.train_box_noise),
         seed=task_args.prompt_seed,
         sam_config=sam_config,
         depth=task_args.depth,
@@ -53,6 +55,7 @@ def make_trainer(
     train_set: Any = None,
     callbacks: list[TrainerCallback] | None = None,
     aggregator: MetricAggregator | None = None,
+    corrective_clicks: int = 0,
 ) -> MedSATrainer:
     """A MedSATrainer that scores `eval_set` per class and per case (volumes in 3-D), in the original grid."""
     medsa_args = medsa_args or MedSAArguments()
@@ -64,6 +67,7 @@ def make_trainer(
         data_collator=SamDataCollator(),
         compute_metrics=metrics_for(eval_set, aggregator or MetricAggregator(class_names)),
         loss_fn=MedSALoss(medsa_args.dice_weight, medsa_args.bce_weight, medsa_args.iou_weight),
+        corrective_clicks=corrective_clicks,
         callbacks=callbacks,
     )
 
@@ -93,7 +97,15 @@ def train(
     )
     aggregator = MetricAggregator(spec.labels)
     trainer = make_trainer(
-        model, training_args, eval_set, spec.labels, medsa_args, train_set, callbacks, aggregator
+        model,
+        training_args,
+        eval_set,
+        spec.labels,
+        medsa_args,
+        train_set,
+        callbacks,
+        aggregator,
+        corrective_clicks=task_args.corrective_clicks,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate(metric_key_prefix="eval")  # the kept (best) adapter, on every process
