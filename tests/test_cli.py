@@ -209,6 +209,8 @@ def test_eval_scores_an_adapter_and_the_box_baseline(checkpoints, tmp_path, caps
         "--max-samples",
         "6",
         "--box-baseline",
+        "--device",
+        "cpu",
         "--output",
         output,
     ]

@@ -16,8 +16,6 @@ the resize factor (on demo-3d a 3-pixel shift reads 6.0 mm instead of 10.97 mm).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ from transformers import EvalPrediction, SamImageProcessorPil
 from ..data import SamDataCollator, load_task, resolve_task
 from ..errors import MedSAValueError
 from ..mask_selection import predict_masks, select_masks
+from ..predict import atomic_write
 from .losses import resize_mask_logits
 from .metrics import METRIC_NAMES, MetricAggregator, metric_key
 
@@ -110,17 +109,10 @@ class EvaluationReport:
         return json.dumps(self.to_dict(), indent=2, default=_plain)
 
     def save(self, path: str | Path) -> Path:
-        """Write the report as JSON, atomically (a temporary file in the same folder, then a rename)."""
+        """Write the report as JSON, atomically (a failed write leaves the previous file or nothing)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w") as file:
-                file.write(self.to_json())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda temporary: temporary.write_text(self.to_json()))
         return path
 
 
