@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from peft import get_peft_model
+from test_hub import square_examples
 from transformers import TrainingArguments
 
 from peft_medsa import MedSAConfig
@@ -56,20 +57,6 @@ def test_boxes_gain_clicks_and_volumes_keep_their_layout():
         corrective_inputs(inputs, previous.repeat(1, 2, 1, 1), labels, np.random.default_rng(0))
 
 
-def _squares(count=4):
-    generator = torch.Generator().manual_seed(0)
-    examples = []
-    for i in range(count):
-        top, left = 8 + i, 12 + i
-        image = torch.randn(3, 64, 64, generator=generator) * 0.1
-        image[:, top : top + 24, left : left + 24] += 1.0
-        labels = torch.zeros(1, 32, 32)
-        labels[0, top // 2 : (top + 24) // 2, left // 2 : (left + 24) // 2] = 1.0
-        box = torch.tensor([[left, top, left + 24, top + 24]], dtype=torch.float32)
-        examples.append({"pixel_values": image, "input_boxes": box, "labels": labels})
-    return examples
-
-
 def _train(sam_model, tmp_path, corrective_clicks):
     torch.manual_seed(0)
     model = get_peft_model(copy.deepcopy(sam_model), MedSAConfig())
@@ -78,7 +65,7 @@ def _train(sam_model, tmp_path, corrective_clicks):
         save_strategy="no", seed=0,
     )  # fmt: skip
     trainer = MedSATrainer(
-        model=model, args=args, train_dataset=_squares(), corrective_clicks=corrective_clicks
+        model=model, args=args, train_dataset=square_examples(4), corrective_clicks=corrective_clicks
     )
     trainer.train()
     return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
