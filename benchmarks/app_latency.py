@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     app = MedSAApp(segmenters)
     pixels = np.random.default_rng(0).integers(-1000, 1000, (size, size)).astype(np.int16)
-    session = Session(image=InputImage(Path("slice.dcm"), pixels, False, (0.7, 0.7)))
+    session = Session(image=InputImage(Path("slice.dcm"), pixels[None], (0.7, 0.7)))
     session.embeddings = {(name, 0): embedding for name in segmenters}
     zoom = display_zoom(size, size)
 

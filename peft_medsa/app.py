@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .data.preprocessing import to_rgb, to_uint8
-from .data.readers import file_suffix
+from .data.readers import file_suffix, read_volume
 from .data.registry import IntensityPolicy
 from .errors import MedSAError, MedSAValueError
 from .predict import InputImage, Prompt, Segmenter, SliceEmbeddings, draw_overlay, predict_file, read_input
@@ -42,6 +42,7 @@ WINDOWS = {
 }
 POSITIVE, NEGATIVE, BOX = "positive click", "negative click", "box: click two corners"
 DISPLAY_SIZE = 512  # small images are enlarged (nearest neighbour) to about this size, for clicking
+KEPT_EMBEDDINGS = 32  # per session, the most recent (slice, model) embeddings: 4 MiB each for SAM ViT-B
 
 
 @dataclass
@@ -199,15 +200,17 @@ class MedSAApp:
                 if progress is not None:
                     progress(step / len(self.segmenters), desc=f"embedding slice {index} ({name})")
                 session.embeddings[key] = segmenter.embed([image.model_input(index, segmenter.intensity)])
+                if len(session.embeddings) > KEPT_EMBEDDINGS:  # dicts keep insertion order: drop the oldest
+                    del session.embeddings[next(iter(session.embeddings))]
             masks, iou = segmenter.decode(
                 session.embeddings[key], [image.canonical_prompt(session.prompt, index)]
             )
             session.results[name] = (masks[0], float(iou[0]))
 
-    def write_mask(self, session: Session, model: str, slices: str = "") -> Path:
+    def write_mask(self, session: Session, model: str, slices: str = "") -> tuple[Path, str]:
         """The mask of `model` written by `predict_file` in the input's format and geometry; for a volume, on
         the current slice or on `slices` START:STOP (as `medsa predict --slices`), in SD-Trans chunks when the
-        adapter has a depth branch. Returns the file, named after the input."""
+        adapter has a depth branch. Returns the file, named after the input, and a line on what it holds."""
         if session.image is None or not (session.prompt.points or session.prompt.box):
             raise MedSAValueError("Nothing to download yet: open an image and click on it first.")
         image = session.image
@@ -216,7 +219,11 @@ class MedSAApp:
         folder = Path(tempfile.mkdtemp(dir=self.downloads))
         output = folder / f"{image.path.name[: -len(suffix)]}_{model}_mask{suffix}"
         predict_file(self.segmenters[model], image.path, output, dict.fromkeys(indices, session.prompt))
-        return output
+        if not image.is_volume:
+            return output, f"Wrote the {model} mask."
+        voxels = int(np.count_nonzero(read_volume(output).array))
+        where = f"slices {indices.start}..{indices.stop - 1}"
+        return output, f"Wrote the {model} mask on {where}: {area_text(voxels, image, volume=True)}."
 
     # What the page shows ---------------------------------------------------------------------------------------
 
@@ -402,7 +409,8 @@ def build_app(app: MedSAApp):
 
         def written(session, model, slices):
             try:
-                return str(app.write_mask(session, model, slices)), ""
+                path, status = app.write_mask(session, model, slices)
+                return str(path), status
             except (MedSAError, ValueError, OSError) as error:
                 return None, f"Error: {error}"
 

@@ -154,7 +154,7 @@ def test_the_summary_gives_the_area_in_square_millimetres(app, volume):
 def test_the_downloaded_mask_is_medsa_predicts_in_the_input_geometry(app, volume, tmp_path):
     session = app.open(Session(), volume)
     app.click(session, 100, 100, POSITIVE)
-    written = app.write_mask(session, "base", "2:5")
+    written, status = app.write_mask(session, "base", "2:5")
     assert written.name == "scan_base_mask.nii.gz"
     mask, source = nib.load(written), nib.load(volume)
     np.testing.assert_array_equal(mask.affine, source.affine)
@@ -162,7 +162,9 @@ def test_the_downloaded_mask_is_medsa_predicts_in_the_input_geometry(app, volume
     predict_file(app.segmenters["base"], volume, expected, dict.fromkeys(range(2, 5), session.prompt))
     np.testing.assert_array_equal(np.asanyarray(mask.dataobj), np.asanyarray(nib.load(expected).dataobj))
     assert set(np.nonzero(np.asanyarray(mask.dataobj).any(axis=(0, 1)))[0]) <= {2, 3, 4}
-    current = nib.load(app.write_mask(session, "base"))  # blank: the current slice only
+    voxels = int(np.asanyarray(mask.dataobj).sum())
+    assert status == f"Wrote the base mask on slices 2..4: {voxels} voxels, {voxels * 24:.1f} mm³."
+    current = nib.load(app.write_mask(session, "base")[0])  # blank: the current slice only
     shown = np.zeros(session.image.slices.shape, np.uint8)
     shown[3] = session.results["base"][0]  # the canonical slice d of file slice k = 3 (the axes agree here)
     np.testing.assert_array_equal(np.asanyarray(current.dataobj), session.image.layout.to_file_order(shown))
@@ -173,7 +175,7 @@ def test_a_png_and_a_dicom_slice_come_back_in_their_own_format(app, tmp_path):
     Image.fromarray(np.random.default_rng(2).integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(png)
     session = app.open(Session(), png)
     app.click(session, 40, 40, POSITIVE)
-    written = Image.open(app.write_mask(session, "base"))
+    written = Image.open(app.write_mask(session, "base")[0])
     assert written.size == (30, 20) and "mm²" not in app.summary(session)
     session = app.open(Session(), get_testdata_file("CT_small.dcm"))  # 128 x 128, 0.661 mm pixels
     app.click(session, 200, 200, POSITIVE)
