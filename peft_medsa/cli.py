@@ -1,4 +1,4 @@
-"""The `medsa` command line: `medsa train`, `medsa eval` and `medsa predict`.
+"""The `medsa` command line: `medsa train`, `medsa eval`, `medsa predict` and `medsa app`.
 
 Errors a user can fix (a missing file, a prompt outside the image, an adapter for another base) end with one
 line on stderr and exit status 2, never a traceback; nothing that exists is overwritten without --overwrite.
@@ -113,6 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overlay", type=Path, help="overlay PNG (default: OUTPUT with .overlay.png)")
     predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
     predict.set_defaults(handler=_predict)
+
+    app = commands.add_parser(
+        "app",
+        help="a web page: click on an image or volume, compare the base and adapters, download the mask",
+        description="Serves the page on http://HOST:PORT until Ctrl+C. Offline default: the small SAM in "
+        "models/sam-small-synthetic, with the adapter `make demo` trains (runs/demo/adapter) when it exists.",
+    )
+    app.add_argument("--model", help="SAM checkpoint: Hub id or folder (default: models/sam-small-synthetic)")
+    app.add_argument(
+        "--adapter",
+        action="append",
+        help="Med-SA adapter folder or Hub id, shown next to the base (repeatable)",
+    )
+    app.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
+    app.add_argument("--port", type=int, help="port (default: gradio's, 7860 or the next free one)")
+    app.add_argument("--max-upload-mb", type=float, default=200, help="largest accepted upload, in MB")
+    app.set_defaults(handler=_app)
     return parser
 
 
@@ -196,6 +213,12 @@ def _predict(args: argparse.Namespace) -> None:
     print(
         f"mask: {args.output} ({int(shown.mask.sum())} px on slice {shown.slice_index}); overlay: {overlay}"
     )
+
+
+def _app(args: argparse.Namespace) -> None:
+    from .app import DEFAULT_MODEL, launch
+
+    launch(args.model or DEFAULT_MODEL, args.adapter, args.host, args.port, args.max_upload_mb)
 
 
 def _prompts(args: argparse.Namespace):

@@ -154,7 +154,6 @@ class Segmenter:
         peft_config = getattr(model, "peft_config", {}).get("default")
         self.depth_attention = bool(peft_config and peft_config.depth_attention)
 
-    @torch.no_grad()
     def __call__(
         self, slices: Sequence[np.ndarray], prompts: Sequence[Prompt], reference: np.ndarray | None = None
     ) -> np.ndarray:
@@ -162,27 +161,54 @@ class Segmenter:
         the statistics of `reference` (e.g. the whole volume) or of each slice."""
         return self.segment([to_uint8(s, self.intensity, reference) for s in slices], prompts)
 
-    @torch.no_grad()
     def segment(self, images: Sequence[np.ndarray], prompts: Sequence[Prompt]) -> np.ndarray:
         """Binary masks (n, H, W) for n 8-bit images (H, W) or (H, W, 3) of one size. With a depth adapter,
         they are consecutive slices of one volume and run through SD-Trans together; otherwise each is 2-D."""
+        return self.decode(self.embed(images), prompts)[0]
+
+    @torch.no_grad()
+    def embed(self, images: Sequence[np.ndarray]) -> SliceEmbeddings:
+        """The image encoder's output for n 8-bit images: the costly step, computed once per image and reused
+        for every prompt (`decode`)."""
         images = [to_rgb(image) for image in images]
         height, width = images[0].shape[:2]
         processed = self.preprocessor(images, [np.zeros((height, width), np.uint8)] * len(images))
-        scale = self.image_size / max(height, width)
         pixel_values = torch.from_numpy(processed.pixel_values)  # (n, 3, S, S)
         if self.depth_attention and len(images) > 1:
             pixel_values = pixel_values.transpose(0, 1)[None]  # (1, 3, n, S, S): one volume
-        inputs = {"pixel_values": pixel_values, **_prompt_tensors(prompts, scale)}
-        outputs = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
-        best = outputs.iou_scores[:, 0].argmax(dim=-1)  # (n,)
-        logits = outputs.pred_masks[torch.arange(len(images)), 0, best].float().cpu()  # (n, h, w)
-        masks = self.preprocessor.image_processor.post_process_masks(  # unpad, resize to the input's size
-            logits[:, None, None],
-            [processed.original_size] * len(images),
-            [processed.reshaped_size] * len(images),
+        return SliceEmbeddings(
+            self.model.get_image_embeddings(pixel_values.to(self.device)),
+            processed.original_size,
+            processed.reshaped_size,
+            self.image_size / max(height, width),
         )
-        return np.stack([m[0, 0].numpy() for m in masks])  # (n, H, W) bool
+
+    @torch.no_grad()
+    def decode(self, embeddings: SliceEmbeddings, prompts: Sequence[Prompt]) -> tuple[np.ndarray, np.ndarray]:
+        """Binary masks (n, H, W) and their predicted IoU (n,) for one prompt per embedded slice: the prompt
+        encoder and mask decoder only, what a new click costs."""
+        n = len(prompts)
+        prompt_tensors = _prompt_tensors(prompts, embeddings.scale)
+        outputs = self.model(
+            image_embeddings=embeddings.tensor, **{k: v.to(self.device) for k, v in prompt_tensors.items()}
+        )
+        iou = outputs.iou_scores[:, 0].float().cpu()  # (n, 3)
+        best = iou.argmax(dim=-1)  # (n,)
+        logits = outputs.pred_masks[torch.arange(n), 0, best].float().cpu()  # (n, h, w)
+        masks = self.preprocessor.image_processor.post_process_masks(  # unpad, resize to the input's size
+            logits[:, None, None], [embeddings.original_size] * n, [embeddings.reshaped_size] * n
+        )
+        return np.stack([m[0, 0].numpy() for m in masks]), iou[torch.arange(n), best].numpy()
+
+
+@dataclass
+class SliceEmbeddings:
+    """Image embeddings of n slices (n, C, E, E) and the sizes that map the decoder's masks back to the input."""
+
+    tensor: torch.Tensor
+    original_size: tuple[int, int]
+    reshaped_size: tuple[int, int]
+    scale: float  # model frame / input pixel frame, for the prompts
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -216,6 +242,95 @@ def _prompt_tensors(prompts: Sequence[Prompt], scale: float) -> dict[str, torch.
     if not tensors:
         raise MedSAValueError("No prompt given: pass clicks, a box, or a boxes file.")
     return tensors
+
+
+@dataclass
+class InputImage:
+    """A file as `predict_file` sees it: `slices` in the canonical (viewing) orientation the model runs on,
+    (D, H, W) for a volume and (1, H, W[, C]) for a 2-D image, and the way to and from the file's own frame,
+    where prompts are given (see the module docstring). `k` below is always the file's slice index.
+
+    `spacing` is the (row, column) pixel spacing in mm and `slice_spacing` the distance between slices, when
+    the file records them (a PNG does not).
+    """
+
+    path: Path
+    slices: np.ndarray
+    spacing: tuple[float, float] | None
+    slice_spacing: float | None = None
+    layout: FileLayout | None = None  # volumes: how the file stores its voxels
+    _gray: tuple[IntensityPolicy, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def is_volume(self) -> bool:
+        return self.layout is not None
+
+    @property
+    def num_slices(self) -> int:
+        return len(self.slices)
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """The prompt frame's extent: (i, j) voxel counts of a volume, (width, height) of an image."""
+        return (
+            tuple(self.layout.shape[:2]) if self.is_volume else (self.slices.shape[2], self.slices.shape[1])
+        )
+
+    @property
+    def reference(self) -> np.ndarray | None:
+        """What intensities are scaled against: the whole volume (as `predict_file` does), or the image itself."""
+        return self.slices if self.is_volume else None
+
+    def slice(self, k: int) -> np.ndarray:
+        """File slice k in the canonical view."""
+        return self.slices[self._canonical_index(k)]
+
+    def model_input(self, k: int, intensity: IntensityPolicy) -> np.ndarray:
+        """File slice k as the 8-bit image `predict_file` gives the model: one mapping for a whole volume (as in
+        training), computed once and kept; a 2-D image mapped by itself."""
+        if not self.is_volume:
+            return to_uint8(self.slices[0], intensity)
+        if self._gray is None or self._gray[0] != intensity:
+            self._gray = (intensity, to_uint8(self.slices, intensity))
+        return self._gray[1][self._canonical_index(k)]
+
+    def to_file(self, x: float, y: float, k: int) -> tuple[float, float]:
+        """The prompt-frame coordinates of pixel (x = column, y = row) of `slice(k)`."""
+        if not self.is_volume:
+            return x, y
+        i, j, _ = self.layout.to_file((self._canonical_index(k), y, x))
+        return i, j
+
+    def _canonical_index(self, k: int) -> int:
+        """The canonical slice d of file slice k (0 for a 2-D image)."""
+        return round(self.layout.to_canonical((0, 0, k))[0]) if self.is_volume else 0
+
+    def canonical_prompt(self, prompt: Prompt, k: int) -> Prompt:
+        """`prompt` on file slice k, checked, in the frame of `slice(k)`: what the model is given."""
+        if not self.is_volume:
+            prompt.check(*self.frame_size, str(self.path.name), axes="x, y")
+            return prompt
+        canonical, _ = _canonical_prompts(self.layout, {k: prompt}, self.path.name)
+        return next(iter(canonical.values()))
+
+
+def read_input(path: str | Path) -> InputImage:
+    """Reads what `predict_file` accepts, with its spacing; an unusable file is one MedSAError naming it."""
+    path = Path(path)
+    suffix = file_suffix(path)
+    if suffix not in SUPPORTED:
+        raise MedSAFileError(
+            f"{path.name}: unsupported format {suffix!r}; use one of {', '.join(SUPPORTED)}."
+        )
+    if suffix in NIFTI_SUFFIXES + NRRD_SUFFIXES:
+        volume = read_volume(path)
+        _check_slice_axis(volume.layout, path.name)
+        _check_contrast(volume.array, path.name)
+        return InputImage(path, volume.array, volume.spacing[1:], volume.spacing[0], volume.layout)
+    image = read_image(path)
+    _check_contrast(image, path.name)
+    spacing = read_volume(path).spacing[1:] if suffix in DICOM_SUFFIXES else None
+    return InputImage(path, image[None], spacing)
 
 
 def predict_file(
@@ -291,15 +406,7 @@ def _canonical_prompts(
 ) -> tuple[dict[int, Prompt], dict[int, int]]:
     """Prompts on file slices k with (i, j) voxel indices -> prompts on canonical slices d with (x=w, y=h),
     and each canonical slice's file index k."""
-    if layout.slice_axis != 2:
-        axes = "".join(
-            nib.orientations.ornt2axcodes(layout.orientation, (("R", "L"), ("A", "P"), ("I", "S")))
-        )
-        raise MedSAValueError(
-            f"{where}: the file's voxel axes run toward {axes}, so its third axis is not the slice "
-            "(inferior-superior) axis that prompts and training use; save it with the slice axis third "
-            "(e.g. nibabel.as_closest_canonical) and give prompts in that file's voxel indices."
-        )
+    _check_slice_axis(layout, where)
     nx, ny, nz = layout.shape[:3]
     if isinstance(prompts, Prompt):
         prompts = dict.fromkeys(range(nz), prompts)
@@ -316,6 +423,18 @@ def _canonical_prompts(
         canonical[d] = prompt.moved(lambda i, j, k=k: layout.to_canonical((i, j, k))[:0:-1])  # (x=w, y=h)
         file_slices[d] = k
     return canonical, file_slices
+
+
+def _check_slice_axis(layout: FileLayout, where: str) -> None:
+    if layout.slice_axis != 2:
+        axes = "".join(
+            nib.orientations.ornt2axcodes(layout.orientation, (("R", "L"), ("A", "P"), ("I", "S")))
+        )
+        raise MedSAValueError(
+            f"{where}: the file's voxel axes run toward {axes}, so its third axis is not the slice "
+            "(inferior-superior) axis that prompts and training use; save it with the slice axis third "
+            "(e.g. nibabel.as_closest_canonical) and give prompts in that file's voxel indices."
+        )
 
 
 def _check_contrast(array: np.ndarray, where: str) -> None:
@@ -427,14 +546,29 @@ def write_overlay(
     target: np.ndarray | None = None,
     zoom: int = 1,
 ) -> None:
-    """An RGB picture for a person: the image, the mask tinted and outlined in red, the `target` (when known)
-    outlined in green, clicks and the box in yellow (negative clicks in cyan); `zoom` enlarges small images."""
-    rgb = to_rgb(to_uint8(image, IntensityPolicy("percentile"))).copy()
-    rgb[mask] = (0.7 * rgb[mask] + [76, 0, 0]).astype(np.uint8)
-    rgb[mask & ~binary_erosion(mask)] = [255, 0, 0]
+    """An RGB picture for a person: see `draw_overlay`; `zoom` enlarges small images."""
+    rgb = draw_overlay(to_rgb(to_uint8(image, IntensityPolicy("percentile"))), mask, prompt, target)
+    height, width = mask.shape
+    picture = Image.fromarray(rgb).resize((zoom * width, zoom * height), Image.NEAREST)
+    atomic_write(Path(output), lambda path: picture.save(path, format="PNG"))
+
+
+def draw_overlay(
+    rgb: np.ndarray,
+    mask: np.ndarray | None,
+    prompt: Prompt,
+    target: np.ndarray | None = None,
+    opacity: float = 0.3,
+) -> np.ndarray:
+    """A copy of the 8-bit RGB image with the mask tinted (`opacity`) and outlined in red, the `target` (when
+    known) outlined in green, clicks and the box in yellow (negative clicks in cyan)."""
+    rgb = rgb.copy()
+    height, width = rgb.shape[:2]
+    if mask is not None:
+        rgb[mask] = ((1 - opacity) * rgb[mask] + opacity * np.array([255, 0, 0])).astype(np.uint8)
+        rgb[mask & ~binary_erosion(mask)] = [255, 0, 0]
     if target is not None:
         rgb[target & ~binary_erosion(target)] = [0, 255, 0]
-    height, width = mask.shape
     for points, colour in ((prompt.points, [255, 255, 0]), (prompt.negative_points, [0, 255, 255])):
         for x, y in points:
             rgb[max(round(y) - 2, 0) : round(y) + 3, max(round(x) - 2, 0) : round(x) + 3] = colour
@@ -443,8 +577,7 @@ def write_overlay(
         x2, y2 = min(x2, width - 1), min(y2, height - 1)
         rgb[[y1, y2], x1 : x2 + 1] = [255, 255, 0]
         rgb[y1 : y2 + 1, [x1, x2]] = [255, 255, 0]
-    picture = Image.fromarray(rgb).resize((zoom * width, zoom * height), Image.NEAREST)
-    atomic_write(Path(output), lambda path: picture.save(path, format="PNG"))
+    return rgb
 
 
 def load_model(base: str, adapter: str | None) -> torch.nn.Module:

@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import app_latency
 import depth
 import inference
 import parameter_counts
@@ -63,3 +64,13 @@ def test_depth():
         for r in record["results"]
     )
     assert record["profile"]["sam"] == "tiny"
+
+
+def test_app_latency():
+    record = app_latency.main(["--tiny"])
+    assert set(record["seconds"]) == {
+        "decode, base SAM",
+        "decode, Med-SA paper",
+        "page click, both models + overlays",
+    }
+    assert all(positive(seconds) for seconds in record["seconds"].values())

@@ -85,8 +85,9 @@ def test_predict_feeds_the_model_the_slices_training_uses(brain, adapter, tmp_pa
 
     model = PeftModel.from_pretrained(SamModel.from_pretrained(BASE), adapter)
     seen = []
-    model.base_model.model.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs["pixel_values"].clone()), with_kwargs=True
+    model.base_model.model.vision_encoder.register_forward_pre_hook(  # what the image encoder is given
+        lambda module, args, kwargs: seen.append((args[0] if args else kwargs["pixel_values"]).clone()),
+        with_kwargs=True,
     )
     k = 5
     predict_file(Segmenter(model, device="cpu"), brain, tmp_path / "m.nii", {k: Prompt(box=(20, 30, 70, 90))})

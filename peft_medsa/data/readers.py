@@ -78,6 +78,14 @@ class FileLayout:
             canonical[2 - int(lps_axis)] = index
         return tuple(canonical)
 
+    def to_file(self, canonical: tuple[float, float, float]) -> tuple[float, float, float]:
+        """Canonical (d, h, w) -> file voxel indices (i, j, k): the inverse of `to_canonical`."""
+        voxel = [0.0, 0.0, 0.0]
+        for axis, (lps_axis, flip) in enumerate(self.orientation):
+            index = float(canonical[2 - int(lps_axis)])
+            voxel[axis] = index if flip > 0 else self.shape[axis] - 1 - index
+        return tuple(voxel)
+
     @property
     def slice_axis(self) -> int:
         """The file axis whose index is the canonical slice index d."""
