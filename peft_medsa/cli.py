@@ -74,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         "2-D images in pixels, x = column, y = row; volumes in the file's voxel indices as ITK-SNAP and 3D "
         "Slicer show them: --point I J / --box I1 J1 I2 J2 on slice K of the third voxel axis (--slices).",
     )
-    predict.add_argument("input", type=Path, help="image (.png .jpg .dcm) or volume (.nii .nii.gz .nrrd)")
+    predict.add_argument(
+        "input",
+        type=Path,
+        help="image (.png .jpg .dcm) or volume (.nii .nii.gz .nrrd, a DICOM series folder)",
+    )
     predict.add_argument("--model", required=True, help="SAM checkpoint: Hub id or folder")
     predict.add_argument("--adapter", help="Med-SA adapter folder or Hub id (omit: the bare SAM)")
     predict.add_argument(

@@ -10,12 +10,14 @@ Prompt frame (the command line's and `predict_file`'s):
   third voxel axis. Prompts are converted once into the canonical frame. The file's third axis must be its
   slice (inferior-superior) axis, as in axial scans; otherwise prediction refuses with a message saying how to
   reorient the file.
+- DICOM series (a folder): x is the column, y the row of its images, and slice k the position in the series
+  sorted along the slice normal (the order a viewer scrolls through).
 
 Outputs, written atomically (a temporary file in the output's folder, then `os.replace`, so a failed write
 leaves no partial file and an input can be its own output):
 - NIfTI / NRRD: a uint8 0/1 mask with the input's shape, affine and header (intensity scaling reset);
-- DICOM: a DICOM Segmentation (SEG, via highdicom) in a new series that references the source image, saved
-  as `.dcm`: a SEG object, not an image, so viewers and PACS file it beside the scan, not inside its series;
+- DICOM image or series: one DICOM Segmentation (SEG, via highdicom) in a new series that references every
+  source image, saved as `.dcm`: a SEG object, not an image, so a PACS files it beside the scan, not in it;
 - PNG/JPEG: a 0/255 grayscale picture.
 """
 
@@ -347,6 +349,13 @@ def predict_file(
     """
     input_path, output_path = Path(input_path), Path(output_path)
     suffix = file_suffix(input_path)
+    if input_path.is_dir():  # a DICOM series
+        if file_suffix(output_path) not in DICOM_SUFFIXES:
+            raise MedSAValueError(
+                f"The output {output_path} must be a .dcm file for the DICOM series {input_path} "
+                "(the mask is one DICOM Segmentation object)."
+            )
+        return _predict_volume(segmenter, input_path, output_path, prompts, depth)
     if suffix not in SUPPORTED:
         raise MedSAFileError(
             f"{input_path}: unsupported format {suffix!r}; use one of {', '.join(SUPPORTED)}."
@@ -395,7 +404,9 @@ def _predict_volume(
     runs = _consecutive_runs(sorted(canonical), depth if segmenter.depth_attention else 1)
     for run in tqdm(runs, desc="slices", unit="chunk", disable=len(runs) < 4):
         mask[run] = segmenter.segment([gray[d] for d in run], [canonical[d] for d in run])
-    write = _write_nifti if file_suffix(input_path) in NIFTI_SUFFIXES else _write_nrrd
+    write = {".nii": _write_nifti, ".nii.gz": _write_nifti, ".nrrd": _write_nrrd, ".nhdr": _write_nrrd}.get(
+        file_suffix(input_path), _write_dicom_seg
+    )
     atomic_write(output_path, lambda path: write(volume, mask, path))
     middle = sorted(canonical)[len(canonical) // 2]
     return Prediction(volume.array[middle], mask[middle].astype(bool), canonical[middle], file_slices[middle])
@@ -404,29 +415,36 @@ def _predict_volume(
 def _canonical_prompts(
     layout: FileLayout, prompts: Prompt | Mapping[int, Prompt], where: str
 ) -> tuple[dict[int, Prompt], dict[int, int]]:
-    """Prompts on file slices k with (i, j) voxel indices -> prompts on canonical slices d with (x=w, y=h),
-    and each canonical slice's file index k."""
+    """Prompts (x, y) on file slices k, in the file's `prompt_axes` -> prompts on canonical slices d with
+    (x=w, y=h), and each canonical slice's file index k."""
     _check_slice_axis(layout, where)
-    nx, ny, nz = layout.shape[:3]
+    x_axis, y_axis, k_axis = layout.prompt_axes
+
+    def voxel(x: float, y: float, k: int) -> tuple[float, float, float]:
+        index = [0.0, 0.0, 0.0]
+        index[x_axis], index[y_axis], index[k_axis] = x, y, k
+        return tuple(index)
+
+    width, height, depth = (layout.shape[axis] for axis in layout.prompt_axes)
     if isinstance(prompts, Prompt):
-        prompts = dict.fromkeys(range(nz), prompts)
-    missing = sorted(k for k in prompts if not 0 <= k < nz)
+        prompts = dict.fromkeys(range(depth), prompts)
+    missing = sorted(k for k in prompts if not 0 <= k < depth)
     if missing:
         raise MedSAValueError(
-            f"{where}: prompted slices {missing} do not exist; expected slice indices k in 0..{nz - 1} "
-            "(the file's third voxel axis)."
+            f"{where}: prompted slices {missing} do not exist; expected slice indices k in 0..{depth - 1}"
+            + (" (the file's third voxel axis)." if layout.prompt_axes == (0, 1, 2) else ".")
         )
     canonical, file_slices = {}, {}
     for k, prompt in prompts.items():
-        prompt.check(nx, ny, f"{where}, slice {k}", axes="i, j")
-        d = round(layout.to_canonical((0, 0, k))[0])
-        canonical[d] = prompt.moved(lambda i, j, k=k: layout.to_canonical((i, j, k))[:0:-1])  # (x=w, y=h)
+        prompt.check(width, height, f"{where}, slice {k}", axes="i, j" if x_axis == 0 else "x, y")
+        d = round(layout.to_canonical(voxel(0, 0, k))[0])
+        canonical[d] = prompt.moved(lambda x, y, k=k: layout.to_canonical(voxel(x, y, k))[:0:-1])  # (w, h)
         file_slices[d] = k
     return canonical, file_slices
 
 
 def _check_slice_axis(layout: FileLayout, where: str) -> None:
-    if layout.slice_axis != 2:
+    if layout.slice_axis != layout.prompt_axes[2]:
         axes = "".join(
             nib.orientations.ornt2axcodes(layout.orientation, (("R", "L"), ("A", "P"), ("I", "S")))
         )

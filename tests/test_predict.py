@@ -210,3 +210,39 @@ def test_prompts_are_checked_in_the_files_frame(brain):
     with pytest.raises(ValueError, match=message):  # i < 99 = the file's first axis, whatever the canonical W
         predict_file(segmenter, brain, output, {2: Prompt(points=[(100.0, 3.0)])})
     assert not output.exists()
+
+
+def test_a_dicom_series_gives_one_segmentation_referencing_every_slice(adapter, tmp_path):
+    dataset = pydicom.dcmread(get_testdata_file("examples_overlay.dcm"))  # a real MR slice, repeated
+    normal = np.cross(*np.reshape(np.asarray(dataset.ImageOrientationPatient, float), (2, 3)))
+    origin = np.asarray(dataset.ImagePositionPatient, float)
+    series = tmp_path / "series"
+    series.mkdir()
+    uids = {}
+    for position in [2, 0, 3, 1]:  # files written out of position order
+        dataset.ImagePositionPatient = list(origin + 4.0 * position * normal)
+        dataset.SOPInstanceUID = uids[position] = pydicom.uid.generate_uid()
+        dataset.save_as(series / f"{dataset.SOPInstanceUID}.dcm")
+    output = tmp_path / "mask.dcm"
+    assert predict(series, output, adapter, "--point", 200, 150, "--slices", "1:3") == 0
+    seg = pydicom.dcmread(output)
+    assert (
+        seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+        and seg.SeriesInstanceUID != dataset.SeriesInstanceUID
+    )
+    referenced = {
+        i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    }
+    assert referenced == set(uids.values())
+    frames = seg.pixel_array  # (4, rows, columns): one frame per source slice, in highdicom's order
+    assert frames.shape == (4, dataset.Rows, dataset.Columns)
+    segmented = set()
+    for frame, groups in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        source = groups.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        position = np.asarray(groups.PlanePositionSequence[0].ImagePositionPatient, float)
+        k = round(np.dot(normal, position - origin) / 4.0)
+        assert source == uids[k], "each frame references the source slice at its own position"
+        if frame.any():
+            segmented.add(k)
+    assert segmented == {1, 2}  # --slices 1:3, in the series' position order
+    assert predict(series, tmp_path / "mask.nii.gz", adapter, "--point", 200, 150) == 2

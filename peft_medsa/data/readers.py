@@ -56,12 +56,15 @@ class FileLayout:
     """How a file stores the voxels of its canonical (D, H, W) array, and the header to write a mask with.
 
     `orientation` is a nibabel orientation: file axis n becomes LPS axis `orientation[n, 0]`, reversed when
-    `orientation[n, 1] == -1`; the canonical array is that LPS array transposed to (S, P, L).
+    `orientation[n, 1] == -1`; the canonical array is that LPS array transposed to (S, P, L). `prompt_axes`
+    are the file axes that a prompt's (x, y) and its slice k index: voxel (i, j, k) for NIfTI/NRRD, (column,
+    row, position in the series) for a DICOM stack.
     """
 
     shape: tuple[int, ...]
     orientation: np.ndarray
     header: Any = None
+    prompt_axes: tuple[int, int, int] = (0, 1, 2)
 
     def to_file_order(self, canonical: np.ndarray) -> np.ndarray:
         """A canonical (D, H, W) array (e.g. a mask) in the file's voxel order and shape."""
@@ -354,6 +357,5 @@ def _read_dicom(path: Path) -> Volume:
         raise MedSAFileError(
             f"{path}: expected grayscale DICOM slices, got pixel data of shape {array.shape[1:]} per file."
         )
-    return Volume(
-        array, (slice_spacing, row_spacing, col_spacing), affine, FileLayout(array.shape, _STACKED, datasets)
-    )
+    layout = FileLayout(array.shape, _STACKED, datasets, prompt_axes=(2, 1, 0))
+    return Volume(array, (slice_spacing, row_spacing, col_spacing), affine, layout)
