@@ -164,7 +164,7 @@ class MedSAApp:
         image = read_input(path)
         return Session(image=image, slice_index=image.num_slices // 2)
 
-    def select_slice(self, session: Session, index: int) -> None:
+    def select_slice(self, session: Session, index: int, progress=None) -> None:
         """Moves to slice `index` of a volume; the prompt is kept, the masks are recomputed."""
         if session.image is None or not session.image.is_volume:
             return
@@ -174,7 +174,7 @@ class MedSAApp:
                 f"Slice {index} does not exist; the volume has slices 0..{session.image.num_slices - 1}."
             )
         session.slice_index = index
-        self.segment(session)
+        self.segment(session, progress)
 
     def click(self, session: Session, x: float, y: float, mode: str, progress=None) -> None:
         """A click at (x, y) on the displayed picture: a new prompt element, then new masks."""
@@ -394,7 +394,11 @@ def build_app(app: MedSAApp):
             [*common, demo],
             [*shown, slider, upload],
         )
-        slider.change(guarded(app.select_slice), [*common, slider], shown, trigger_mode="always_last")
+
+        def slid(session, window, opacity, k, progress=gr.Progress()):  # noqa: B008 (gradio's idiom)
+            return guarded(lambda s: app.select_slice(s, k, progress))(session, window, opacity)
+
+        slider.change(slid, [*common, slider], shown, trigger_mode="always_last")
 
         def clicked(session, window, opacity, mode, event: gr.SelectData, progress=gr.Progress()):  # noqa: B008 (gradio's idiom)
             x, y = event.index

@@ -199,6 +199,10 @@ def test_bad_files_raise_plain_errors_and_keep_nothing(app, tmp_path):
         MedSAFileError, match=r"broken.nii.gz: cannot read the file, it looks truncated or corrupt"
     ):
         app.open(Session(), corrupt)
+    dicom = tmp_path / "scan.dcm"
+    dicom.write_bytes(b"DICM" * 50)
+    with pytest.raises(MedSAFileError, match=r"scan\.dcm: no DICOM file with pixel data"):
+        app.open(Session(), dicom)
     series = tmp_path / "series.nii"
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 3, 2), np.float32), np.eye(4)), str(series))
     with pytest.raises(
