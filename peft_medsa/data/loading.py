@@ -26,7 +26,8 @@ from datasets import Dataset, Image, IterableDataset, load_dataset
 from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from ..errors import MedSAFileNotFoundError, MedSAValueError
+from ..errors import MedSAConnectionError, MedSAFileNotFoundError, MedSAValueError
+from ..pretrained import hub_kwargs
 from .examples import ExampleBuilder
 from .preprocessing import SamPreprocessor
 from .prompts import PromptConfig
@@ -97,6 +98,9 @@ def load_task(
     if data_dir is not None:
         spec = replace(spec, repo_id=None, path=str(data_dir))
     spec = _resolve_demo(spec)
+    if spec.repo_id is not None and not constants.HF_HUB_OFFLINE:
+        with _hub_access(spec):  # one quick question first: the libraries retry for minutes without network
+            hub_kwargs(spec.repo_id, f"Task {spec.name!r}", "README.md", "dataset", spec.revision)
     if spec.path is not None and not Path(spec.path).is_dir():
         raise MedSAFileNotFoundError(f"Task {spec.name!r}: no local folder at {spec.path}.")
     source_split = spec.splits[split]
@@ -159,11 +163,12 @@ def _hub_access(spec: TaskSpec) -> Iterator[None]:
     try:
         yield
     except (ConnectionError, LocalEntryNotFoundError) as error:
-        why = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else f"{type(error).__name__}: {error}"
-        raise ConnectionError(
+        cause = error.__cause__ if isinstance(error, MedSAConnectionError) and error.__cause__ else error
+        why = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else type(cause).__name__
+        raise MedSAConnectionError(
             f"Task {spec.name!r} reads the Hub dataset {spec.repo_id!r}, which cannot be reached ({why}). "
             f"Download it where the Hub is reachable (`hf download {spec.repo_id} --repo-type dataset "
-            f"--local-dir DIR`) and call `load_task({spec.name!r}, data_dir=DIR)`."
+            f"--local-dir DIR`) and call `load_task({spec.name!r}, data_dir=DIR)` (`--data_dir DIR` in medsa train)."
         ) from error
 
 

@@ -16,6 +16,7 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from ..config import MedSAConfig
 from ..data import PromptConfig, SamDataCollator, load_task, resolve_task
+from ..errors import MedSAValueError
 from ..hub import build_model_card, save_adapter_with_card
 from ..pretrained import load_sam
 from .arguments import MedSAArguments, ModelArguments, TaskArguments
@@ -44,6 +45,11 @@ def training_set(task_args: TaskArguments, sam_config: Any, shuffle_seed: int) -
         depth=task_args.depth,
         data_dir=task_args.data_dir,
     )
+    if next(iter(examples), None) is None:  # else the Trainer fails later: "Batch does not contain any data"
+        raise MedSAValueError(
+            f"Task {task_args.task!r} split 'train' has no examples (no case, or no mask with a labelled "
+            "class); check the task's splits, split_fractions and labels."
+        )
     return examples.shuffle(seed=shuffle_seed, buffer_size=task_args.shuffle_buffer)
 
 
