@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_sam_config
 from safetensors.torch import load_file
-from transformers import SamModel, TrainerCallback
+from test_training import base as tiny_sam_checkpoint  # noqa: F401  (the `base` fixture)
+from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from peft_medsa.training.arguments import parse_arguments
@@ -16,14 +16,6 @@ from peft_medsa.training.trainer import MedSATrainer
 
 # demo-2d has 32 training examples: batch 8 gives 4 steps per epoch, so step 5 is 1 step into epoch 2.
 STEPS, SAVE, KILL = 7, 5, 6
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base")
-    torch.manual_seed(0)
-    SamModel(tiny_sam_config()).save_pretrained(path)
-    return path
 
 
 def arguments(base, output, streaming, *extra):
