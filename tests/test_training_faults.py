@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_training import base as tiny_sam_checkpoint  # noqa: F401  (the `base` fixture)
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -42,7 +41,8 @@ def final_epoch(folder):
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-def test_resume_across_an_epoch_boundary_reaches_the_same_adapter(base, tmp_path, streaming):
+def test_resume_across_an_epoch_boundary_reaches_the_same_adapter(sam_checkpoint, tmp_path, streaming):
+    base = sam_checkpoint
     reference = tmp_path / "reference"
     train(*parse_arguments(arguments(base, reference, streaming)))
     killed = tmp_path / "killed"
@@ -64,7 +64,9 @@ def test_resume_across_an_epoch_boundary_reaches_the_same_adapter(base, tmp_path
     )
 
 
-def test_a_save_killed_midway_leaves_no_checkpoint(base, tmp_path, monkeypatch):
+def test_a_save_killed_midway_leaves_no_checkpoint(sam_checkpoint, tmp_path, monkeypatch):
+    base = sam_checkpoint
+
     def disk_full(self, output_dir):
         raise OSError(28, "No space left on device")
 
