@@ -7,7 +7,13 @@ Importing this package registers the method with peft, so that `get_peft_model(s
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 
 from .config import MEDSA_PEFT_TYPE, PRESETS, MedSAConfig
-from .errors import MedSAError, MedSAFileError, MedSAFileNotFoundError, MedSAValueError
+from .errors import (
+    MedSAConnectionError,
+    MedSAError,
+    MedSAFileError,
+    MedSAFileNotFoundError,
+    MedSAValueError,
+)
 from .model import MedSAModel
 
 __version__ = "0.1.0"
@@ -15,6 +21,7 @@ __all__ = [
     "MEDSA_PEFT_TYPE",
     "PRESETS",
     "MedSAConfig",
+    "MedSAConnectionError",
     "MedSAError",
     "MedSAFileError",
     "MedSAFileNotFoundError",

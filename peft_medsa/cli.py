@@ -13,16 +13,12 @@ import sys
 import warnings
 from pathlib import Path
 
-from .errors import MedSAFileNotFoundError, MedSAValueError
+from .errors import MedSAError, MedSAFileNotFoundError, MedSAValueError
 
 EPILOG = (
     "Prompts: 2-D images in pixels (x = column, y = row); volumes in the file's voxel indices (i, j on "
     "slice k of the third axis, as ITK-SNAP and 3D Slicer show them). See `medsa COMMAND --help`."
 )
-
-
-class UsageError(Exception):
-    """A mistake in the command line or its files, reported as one line."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(command) -> int:
-    from safetensors import SafetensorError
+    """Run a subcommand; a user mistake (`MedSAError`) ends in one line on stderr and exit status 2.
+
+    Anything else is a bug and keeps its traceback: library errors that can only mean a user mistake are
+    translated into `MedSAError` where they occur, with the file or id they concern.
+    """
     from transformers.utils import logging
 
     logging.set_verbosity_error()  # keep stderr for what went wrong; the Trainer's progress stays
@@ -150,7 +150,7 @@ def _run(command) -> int:
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             command()
-    except (UsageError, ValueError, FileNotFoundError, OSError, SafetensorError, KeyError) as error:
+    except MedSAError as error:
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"medsa: error: {message}", file=sys.stderr)
         return 2
@@ -160,7 +160,7 @@ def _run(command) -> int:
 def _refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
     existing = [str(p) for p in paths if p is not None and p.exists()]
     if existing and not overwrite:
-        raise UsageError(
+        raise MedSAValueError(
             f"{', '.join(existing)} already exist(s); pass --overwrite to replace, or choose another --output."
         )
 
@@ -174,7 +174,7 @@ def _train(argv: list[str]) -> None:
     model_args, task_args, medsa_args, training_args = parse_arguments(argv)
     adapter = Path(training_args.output_dir) / "adapter_model.safetensors"
     if adapter.exists() and not training_args.resume_from_checkpoint:
-        raise UsageError(
+        raise MedSAValueError(
             f"{training_args.output_dir} already holds an adapter; choose another --output_dir, or resume with --resume_from_checkpoint."
         )
     print(json.dumps(train(model_args, task_args, medsa_args, training_args), indent=2))

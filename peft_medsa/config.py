@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from peft.config import PeftConfig
 
 from .adapter_files import check_adapter_file
+from .errors import MedSAValueError
+from .validation import check_field_types
 
 # The method's name in peft's registries. It is a plain string, not a `peft.PeftType` member: peft keys its
 # mappings by the string value, so an out-of-tree method needs no change to peft's enum.
@@ -16,6 +18,9 @@ MEDSA_PEFT_TYPE = "MEDSA"
 ACTIVATIONS = ("gelu", "relu")
 INIT_WEIGHTS = ("identity", "linear-default")
 HYPER_PROMPT_MODES = ("generate", "add")
+# The widest bottleneck accepted: as wide as the block itself. Wider adapters only add parameters (ViT-B at
+# ratio 4 would allocate 8.4 GiB), and a typo such as 25 for 0.25 should fail here, not in the allocator.
+MAX_ADAPTER_RATIO = 1.0
 
 # Each preset is a set of overrides of the dataclass defaults (design note, section 5).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -50,7 +55,8 @@ class MedSAConfig(PeftConfig):
     adapter_ratio: float = field(
         default=0.25,
         metadata={
-            "help": "Bottleneck width as a fraction of the block width (0.25: ViT-B 768 -> 192 -> 768)."
+            "help": "Bottleneck width as a fraction of the block width (0.25: ViT-B 768 -> 192 -> 768); "
+            f"in (0, {MAX_ADAPTER_RATIO}]."
         },
     )
     activation: Literal["gelu", "relu"] = field(
@@ -115,30 +121,36 @@ class MedSAConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = MEDSA_PEFT_TYPE
-        if not 0 < self.adapter_ratio <= 4:
-            raise ValueError(f"adapter_ratio must be in (0, 4], got {self.adapter_ratio}.")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}.")
+            raise MedSAValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}.")
         if self.hyper_prompt_mode not in HYPER_PROMPT_MODES:
-            raise ValueError(
+            raise MedSAValueError(
                 f"hyper_prompt_mode must be one of {HYPER_PROMPT_MODES}, got {self.hyper_prompt_mode!r}."
             )
         if self.init_weights not in INIT_WEIGHTS:
-            raise ValueError(f"init_weights must be one of {INIT_WEIGHTS}, got {self.init_weights!r}.")
+            raise MedSAValueError(f"init_weights must be one of {INIT_WEIGHTS}, got {self.init_weights!r}.")
+        check_field_types(self, "MedSAConfig", _OWN_FIELDS)
+        if self.preset is not None and self.preset not in PRESETS:
+            raise MedSAValueError(f"Unknown Med-SA preset {self.preset!r}. Choose one of {sorted(PRESETS)}.")
+        if not 0 < self.adapter_ratio <= MAX_ADAPTER_RATIO:
+            raise MedSAValueError(
+                f"adapter_ratio must be in (0, {MAX_ADAPTER_RATIO}] (a fraction of the block width; the paper "
+                f"uses 0.25), got {self.adapter_ratio}."
+            )
         if self.hyper_prompt and not self.decoder_adapters:
-            raise ValueError(
+            raise MedSAValueError(
                 "hyper_prompt=True needs decoder_adapters=True: HyP-Adpt is one of the decoder adapters. "
                 "Set decoder_adapters=True, or hyper_prompt=False."
             )
         if self.decoder_adapters and any(
             m.split(".")[-1] == "mask_decoder" for m in self.modules_to_save or []
         ):
-            raise ValueError(
+            raise MedSAValueError(
                 "decoder_adapters=True together with modules_to_save=['mask_decoder'] would adapt a decoder that is "
                 "also trained in full. Use the 'official-code' preset (decoder_adapters=False) to train the decoder."
             )
         if self.layers_to_transform is not None and any(i < 0 for i in self.layers_to_transform):
-            raise ValueError(
+            raise MedSAValueError(
                 f"layers_to_transform must hold block indices >= 0, got {self.layers_to_transform}."
             )
         self.target_modules = self._target_regex()
@@ -154,7 +166,7 @@ class MedSAConfig(PeftConfig):
     def from_preset(cls, name: str, **overrides: Any) -> MedSAConfig:
         """Build the named preset ('paper', 'official-code', 'encoder-only'), with field overrides."""
         if name not in PRESETS:
-            raise ValueError(f"Unknown Med-SA preset {name!r}. Choose one of {sorted(PRESETS)}.")
+            raise MedSAValueError(f"Unknown Med-SA preset {name!r}. Choose one of {sorted(PRESETS)}.")
         return cls(**{**PRESETS[name], "preset": name, **overrides})
 
     @classmethod
@@ -162,7 +174,10 @@ class MedSAConfig(PeftConfig):
         cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any
     ) -> MedSAConfig:
         """Load the config and check the adapter file next to it (peft calls this before loading the weights)."""
-        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        try:
+            config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        except MedSAValueError as error:  # a field of the file is wrong: say which file
+            raise MedSAValueError(f"{pretrained_model_name_or_path}/adapter_config.json: {error}") from error
         hub_kwargs, _, _ = cls._split_kwargs(kwargs)
         check_adapter_file(pretrained_model_name_or_path, subfolder=subfolder, **hub_kwargs)
         return config
@@ -172,3 +187,9 @@ class MedSAConfig(PeftConfig):
         data = super().to_dict()
         data.pop("target_modules", None)
         return data
+
+
+# The fields MedSAConfig adds to PeftConfig and a user sets (target_modules is derived).
+_OWN_FIELDS = frozenset(
+    f.name for f in fields(MedSAConfig) if f.name not in {g.name for g in fields(PeftConfig)}
+) - {"target_modules"}

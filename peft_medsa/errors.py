@@ -24,3 +24,7 @@ class MedSAFileNotFoundError(MedSAError, FileNotFoundError):
 
 class MedSAFileError(MedSAError, OSError):
     """A file that exists but cannot be used: corrupt, truncated, unsupported, or a write that failed."""
+
+
+class MedSAConnectionError(MedSAError, ConnectionError):
+    """A Hub id that cannot be reached (offline, or no network) and has no local copy."""

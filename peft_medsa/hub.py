@@ -11,6 +11,8 @@ from typing import Any
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from peft import PeftModel
 
+from .errors import MedSAFileNotFoundError
+
 # The files a published adapter consists of; nothing else is uploaded.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "medsa_adapter.md"
@@ -38,7 +40,7 @@ def build_model_card(
     (NaN) values are listed in the table but left out of the machine-readable model-index.
     """
     if not Path(template_path).is_file():
-        raise FileNotFoundError(
+        raise MedSAFileNotFoundError(
             f"Model card template {template_path} not found: it ships in the repository's model_cards/ folder "
             "(install peft-medsa from a source checkout, or pass template_path=...)."
         )
@@ -113,7 +115,9 @@ def push_adapter_folder(
     folder = Path(folder)
     missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"{folder} lacks {missing}: write it with save_adapter_with_card() first.")
+        raise MedSAFileNotFoundError(
+            f"{folder} lacks {missing}: write it with save_adapter_with_card() first."
+        )
     ModelCard.load(folder / "README.md")  # refuse a card whose metadata the Hub would reject
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)

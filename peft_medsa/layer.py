@@ -20,6 +20,7 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .config import MedSAConfig
+from .errors import MedSAValueError
 
 # The bottlenecks of each wrapper; their projections are the ModuleDicts `medsa_{name}_down` / `medsa_{name}_up`.
 VISION_ADAPTERS = ("space", "mlp", "depth")
@@ -96,10 +97,10 @@ class MedSALayer(BaseTunerLayer):
         return parameter.device, parameter.dtype
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        raise ValueError(_NOT_MERGEABLE)
+        raise MedSAValueError(_NOT_MERGEABLE)
 
     def unmerge(self) -> None:
-        raise ValueError(_NOT_MERGEABLE)
+        raise MedSAValueError(_NOT_MERGEABLE)
 
 
 _NOT_MERGEABLE = (
@@ -231,7 +232,7 @@ class MedSAVisionLayer(GradientCheckpointingLayer, MedSALayer):
         attn = self.base_layer.attn
         batch_slices, height, width, three_c = qkv.shape
         if batch_slices % num_slices:
-            raise ValueError(f"{batch_slices} slices do not split into volumes of {num_slices} slices.")
+            raise MedSAValueError(f"{batch_slices} slices do not split into volumes of {num_slices} slices.")
         volumes, heads, tokens = batch_slices // num_slices, attn.num_attention_heads, height * width
         # (B*D, H, W, 3C) -> (B, D, N, 3, heads, hd) -> 3 x (B, N, heads, D, hd)
         qkv = qkv.reshape(volumes, num_slices, tokens, 3, heads, three_c // (3 * heads))

@@ -14,8 +14,9 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
 from torch import nn
 
-from .adapter_files import check_adapter_shapes
+from .adapter_files import check_adapter_keys, check_adapter_shapes
 from .config import MedSAConfig
+from .errors import MedSAValueError
 from .layer import _NOT_MERGEABLE, MedSADecoderLayer, MedSALayer, MedSAVisionLayer, SliceContext
 
 # Prompt inputs of SamModel.forward and the rank each must have; their first dimension is the image batch.
@@ -63,7 +64,7 @@ class MedSAModel(BaseTuner):
             )
         missing = sorted(set(config.layers_to_transform or []) - set(range(len(encoder_layers))))
         if missing:
-            raise ValueError(
+            raise MedSAValueError(
                 f"layers_to_transform={config.layers_to_transform} names blocks {missing}, but this image encoder "
                 f"has {len(encoder_layers)} blocks (0..{len(encoder_layers) - 1})."
             )
@@ -109,13 +110,24 @@ class MedSAModel(BaseTuner):
         cls, model: nn.Module, config: MedSAConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         state_dict = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        check_adapter_keys(model, adapter_name, state_dict)
         check_adapter_shapes(model, state_dict)
         return state_dict
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Delete an adapter, but never the last one: peft would leave a model whose forward fails with
+        `KeyError: 'default'`. The bare SamModel is what `unload()` returns."""
+        if set(self.peft_config) == {adapter_name}:
+            raise MedSAValueError(
+                f"{adapter_name!r} is the only adapter of this Med-SA model, and a PeftModel without an adapter "
+                "cannot run. Use `model.unload()` for the bare SamModel, or add another adapter first."
+            )
+        super().delete_adapter(adapter_name)
 
     # Merging and unloading -------------------------------------------------------------------------------------
 
     def _check_merge_allowed(self) -> None:
-        raise ValueError(_NOT_MERGEABLE)
+        raise MedSAValueError(_NOT_MERGEABLE)
 
     def _unload_and_optionally_merge(self, merge: bool = True, **kwargs: Any) -> nn.Module:
         if merge:
@@ -147,6 +159,7 @@ class MedSAModel(BaseTuner):
             args, kwargs = self._flatten_volume(module, args, kwargs)
             batch, what = kwargs["pixel_values"].shape[0], _describe_batch(pixel_values)
         elif image_embeddings is not None:
+            _check_image_embeddings(image_embeddings, self.model.config)
             batch, what = image_embeddings.shape[0], f"image_embeddings of batch {image_embeddings.shape[0]}"
         else:
             return args, kwargs
@@ -160,14 +173,17 @@ class MedSAModel(BaseTuner):
             if volume_batch and prompt.ndim == rank + 1 and tuple(prompt.shape[:2]) == volume_batch:
                 prompt = kwargs[name] = prompt.flatten(0, 1)  # (B, D, ...) -> (B*D, ...), volume-major
             if prompt.ndim != rank:
-                raise ValueError(
+                raise MedSAValueError(
                     f"{name} must be a {rank}-D tensor {_PROMPT_SHAPES[name]}, got shape {tuple(prompt.shape)}."
                 )
             if prompt.shape[0] != batch:
-                raise ValueError(
+                raise MedSAValueError(
                     f"{name} has batch {prompt.shape[0]}, but {what} needs {batch}: one prompt set per "
                     "image (for volumes: per slice, as (B*D, ...) volume-major or as (B, D, ...))."
                 )
+            if prompt.is_floating_point() and not torch.isfinite(prompt).all():
+                raise MedSAValueError(f"{name} holds NaN or infinite values; prompts must be finite.")
+        _check_prompt_agreement(kwargs, self.model.config)
         return args, kwargs
 
     def _reset_num_slices(self, *args: Any) -> None:
@@ -191,18 +207,61 @@ def _pop_pixel_values(args: tuple, kwargs: dict) -> tuple[tuple, dict, torch.Ten
 
 def _check_pixel_values(pixel_values: torch.Tensor, vision_config: Any) -> None:
     if pixel_values.ndim not in (4, 5):
-        raise ValueError(
+        raise MedSAValueError(
             "pixel_values must be 4-D images (batch, channels, height, width) or 5-D volumes "
             f"(batch, channels, slices, height, width); got shape {tuple(pixel_values.shape)}."
+        )
+    if pixel_values.shape[0] == 0 or (pixel_values.ndim == 5 and pixel_values.shape[2] == 0):
+        raise MedSAValueError(
+            f"pixel_values of shape {tuple(pixel_values.shape)} hold no image: the batch (and, for volumes, the "
+            "number of slices on dim 2) must be at least 1."
         )
     channels, height, width = pixel_values.shape[1], *pixel_values.shape[-2:]
     size = vision_config.image_size
     if channels != vision_config.num_channels or (height, width) != (size, size):
-        raise ValueError(
+        raise MedSAValueError(
             f"pixel_values of shape {tuple(pixel_values.shape)} do not fit this SAM: it takes "
             f"{vision_config.num_channels} channels at {size}x{size} (channels on dim 1, slices on dim 2 for "
             "volumes). Resize and pad with SamProcessor (or peft_medsa.data) first."
         )
+    if not torch.isfinite(pixel_values).all():
+        count = int((~torch.isfinite(pixel_values)).sum())
+        raise MedSAValueError(
+            f"pixel_values hold {count} NaN or infinite value(s); the masks would be NaN. Fix the image (or its "
+            "normalisation) first."
+        )
+
+
+def _check_image_embeddings(embeddings: torch.Tensor, config: Any) -> None:
+    vision = config.vision_config
+    size = vision.image_size // vision.patch_size
+    expected = (vision.output_channels, size, size)
+    if embeddings.ndim != 4 or tuple(embeddings.shape[1:]) != expected or embeddings.shape[0] == 0:
+        raise MedSAValueError(
+            f"image_embeddings must have shape (batch >= 1, {', '.join(map(str, expected))}) for this SAM, got "
+            f"{tuple(embeddings.shape)}. Compute them with `model.get_image_embeddings(pixel_values)`."
+        )
+    if not torch.isfinite(embeddings).all():
+        raise MedSAValueError("image_embeddings hold NaN or infinite values.")
+
+
+def _check_prompt_agreement(kwargs: dict, config: Any) -> None:
+    """Clicks need one label each, and a mask prompt must be at 4x the embedding resolution."""
+    points, labels, masks = (kwargs.get(k) for k in ("input_points", "input_labels", "input_masks"))
+    if points is not None and labels is not None and tuple(points.shape[:3]) != tuple(labels.shape):
+        raise MedSAValueError(
+            f"input_points {tuple(points.shape)} and input_labels {tuple(labels.shape)} disagree: give one label "
+            "per point, input_labels of shape (batch, point_batch, points)."
+        )
+    if points is not None and labels is None:
+        raise MedSAValueError("input_points need input_labels (1: positive click, 0: negative click).")
+    if masks is not None:
+        size = 4 * (config.vision_config.image_size // config.vision_config.patch_size)
+        if tuple(masks.shape[1:]) != (1, size, size):
+            raise MedSAValueError(
+                f"input_masks must have shape (batch, 1, {size}, {size}) for this SAM (4x the image embedding), "
+                f"got {tuple(masks.shape)}."
+            )
 
 
 def _describe_batch(pixel_values: torch.Tensor) -> str:

@@ -37,7 +37,6 @@ import torch
 from PIL import Image
 from scipy.ndimage import binary_erosion
 from tqdm.auto import tqdm
-from transformers import SamModel
 
 from .data.preprocessing import SamPreprocessor, to_rgb, to_uint8
 from .data.readers import (
@@ -52,6 +51,7 @@ from .data.readers import (
 )
 from .data.registry import IntensityPolicy
 from .errors import MedSAFileError, MedSAValueError
+from .pretrained import load_adapter, load_sam
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SUPPORTED = IMAGE_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES + NRRD_SUFFIXES
@@ -600,7 +600,5 @@ def draw_overlay(
 
 def load_model(base: str, adapter: str | None) -> torch.nn.Module:
     """A SamModel, with the Med-SA adapter at `adapter` when given."""
-    from peft import PeftModel
-
-    model = SamModel.from_pretrained(base)
-    return PeftModel.from_pretrained(model, adapter) if adapter else model
+    model = load_sam(base)
+    return load_adapter(model, adapter) if adapter else model

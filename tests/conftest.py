@@ -41,6 +41,15 @@ def sam_config() -> SamConfig:
     return tiny_sam_config()
 
 
+@pytest.fixture(scope="module")
+def sam_checkpoint(tmp_path_factory):
+    """The tiny SAM (seed 0) saved as a checkpoint folder, what `--model_name_or_path` takes."""
+    path = tmp_path_factory.mktemp("base")
+    torch.manual_seed(0)
+    SamModel(tiny_sam_config()).save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def sam_model(sam_config) -> SamModel:
     torch.manual_seed(0)

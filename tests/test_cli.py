@@ -228,3 +228,47 @@ def test_eval_scores_an_adapter_and_the_box_baseline(checkpoints, tmp_path, caps
     assert {row["case_id"] for row in report["per_case"]} <= {"mni152-slab4", "lung2"}
     assert json.loads(capsys.readouterr().out) == report
     assert run(*args) == 2 and "already exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("a.yaml", "output_dir: out\nmax_steps: abc\n", r"a.yaml: `max_steps` must be an integer, got 'abc'"),
+        ("b.yaml", "output_dir: out\nmax_stepz: 3\n", r"b.yaml: unknown argument\(s\) \['max_stepz'\]"),
+        ("c.yaml", "output_dir: out\nmax_steps: [3\n", r"c.yaml, line 3: invalid YAML"),
+        ("d.json", '{"output_dir": "out",\n "learning_rate": }', r"d.json, line 2: invalid JSON"),
+        (
+            "e.json",
+            '{"output_dir": "out", "learning_rate": "fast"}',
+            r"`learning_rate` must be a finite number",
+        ),
+        ("f.yaml", "output_dir: out\nbf16: maybe\n", r"`bf16` must be true or false, got 'maybe'"),
+        ("g.yaml", "- output_dir\n", r"g.yaml must hold a mapping of argument names to values, got a list"),
+        ("h.yaml", "output_dir: out\nadapter_ratio: [1]\n", r"`adapter_ratio` must be a finite number"),
+        ("i.yaml", "output_dir: out\ntask: 5\n", r"`task` must be a string, got 5"),
+    ],
+)
+def test_train_file_mistakes_are_one_line_naming_the_file_and_key(tmp_path, capsys, name, text, message):
+    (tmp_path / name).write_text(text)
+    assert run("train", tmp_path / name) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith(f"medsa: error: {tmp_path / name}"), error
+    assert re.search(message, error), error
+
+
+def test_train_file_strings_are_read_as_the_command_line_would(tmp_path):
+    from peft_medsa.training.arguments import parse_arguments
+
+    path = tmp_path / "run.yaml"
+    path.write_text("output_dir: out\nlearning_rate: 1e-3\nmax_steps: '7'\nstreaming: 'false'\n")
+    _, task_args, _, training_args = parse_arguments([str(path)])
+    assert (training_args.learning_rate, training_args.max_steps, task_args.streaming) == (1e-3, 7, False)
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    def broken(args):
+        raise KeyError("a genuine bug")
+
+    monkeypatch.setattr("peft_medsa.cli._predict", broken)
+    with pytest.raises(KeyError, match="a genuine bug"):
+        run("predict", "x.png", "--model", "m", "--point", 1, 1, "--output", "o.png")

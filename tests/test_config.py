@@ -50,12 +50,34 @@ def test_unknown_preset():
         ({"activation": "tanh"}, r"activation must be one of \('gelu', 'relu'\), got 'tanh'"),
         ({"init_weights": "zeros"}, "init_weights must be one of"),
         ({"hyper_prompt_mode": "concat"}, "hyper_prompt_mode must be one of"),
-        ({"adapter_ratio": 0}, r"adapter_ratio must be in \(0, 4\]"),
+        ({"adapter_ratio": 0}, r"adapter_ratio must be in \(0, 1.0\]"),
+        ({"adapter_ratio": 4}, r"adapter_ratio must be in \(0, 1.0\].*got 4"),
+        ({"adapter_ratio": -0.5}, r"adapter_ratio must be in \(0, 1.0\]"),
+        ({"adapter_ratio": "0.25"}, r"`adapter_ratio` must be a finite number, got '0.25' \(a str\)"),
+        ({"adapter_ratio": float("nan")}, r"`adapter_ratio` must be a finite number, got nan \(not finite\)"),
+        ({"adapter_ratio": float("inf")}, r"`adapter_ratio` must be a finite number, got inf \(not finite\)"),
+        ({"adapter_ratio": True}, r"`adapter_ratio` must be a finite number, got True \(a bool\)"),
+        ({"mlp_scale": float("nan")}, r"`mlp_scale` must be a finite number, got nan"),
+        ({"mlp_scale": "0.5"}, r"`mlp_scale` must be a finite number, got '0.5'"),
         ({"layers_to_transform": [-1]}, "block indices >= 0"),
+        ({"layers_to_transform": 2}, r"`layers_to_transform` must be a list of integers or None, got 2"),
+        ({"layers_to_transform": [0.5]}, r"got \[0.5\] \(item 0 is 0.5: a float\)"),
+        ({"layers_to_transform": ["0"]}, r"item 0 is '0': a str"),
+        (
+            {"layers_to_transform": "0,1"},
+            r"`layers_to_transform` must be a list of integers or None, got '0,1'",
+        ),
+        ({"modules_to_save": "mask_decoder"}, r"`modules_to_save` must be a list of strings or None"),
+        ({"depth_attention": "false"}, r"`depth_attention` must be true or false, got 'false' \(a str\)"),
+        ({"decoder_adapters": 1}, r"`decoder_adapters` must be true or false, got 1 \(a int\)"),
+        ({"hyper_prompt": "yes"}, r"`hyper_prompt` must be true or false, got 'yes'"),
+        ({"activation": None}, r"activation must be one of \('gelu', 'relu'\), got None"),
+        ({"preset": "papr"}, r"Unknown Med-SA preset 'papr'"),
+        ({"preset": 3}, r"`preset` must be a string or None, got 3"),
     ],
 )
 def test_contradictory_or_invalid_values(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(peft_medsa.MedSAValueError, match=message):
         MedSAConfig(**kwargs)
 
 

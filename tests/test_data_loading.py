@@ -170,3 +170,34 @@ def test_offline_hub_tasks_name_the_dataset_and_the_local_route():
         assert (
             f"load_task('{task}', data_dir=DIR)" in line and f"hf download {repo} --repo-type dataset" in line
         )
+
+
+def test_an_empty_training_split_fails_before_training(tmp_path):
+    from peft_medsa import MedSAValueError
+    from peft_medsa.training.arguments import TaskArguments
+    from peft_medsa.training.run import training_set
+
+    (tmp_path / "images").mkdir()
+    for k in range(2):
+        PILImage.fromarray(np.full((30, 50), 9, np.uint8)).save(tmp_path / "images" / f"p{k}.png")
+        PILImage.fromarray(np.zeros((30, 50), np.uint8)).save(tmp_path / "images" / f"p{k}_mask.png")
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump({
+        "name": "blank", "format": "images", "path": ".", "labels": {1: "lesion"}, "image_glob": "images/p?.png",
+        "label_glob": "images/*_mask.png", "strip_suffixes": ["_mask"], "mask_encoding": "binary",
+        "split_fractions": {"train": 1.0}, "splits": {"train": "train"}}))  # fmt: skip
+    sam_config = type("C", (), {"vision_config": type("V", (), {"image_size": 64, "patch_size": 8})})
+    with pytest.raises(MedSAValueError, match=r"Task '.*' split 'train' has no examples"):
+        training_set(TaskArguments(task=str(tmp_path)), sam_config, shuffle_seed=0)
+
+
+def test_hub_tasks_fail_fast_without_network(monkeypatch):
+    from huggingface_hub import constants
+
+    from peft_medsa import MedSAConnectionError
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # loopback: nothing listens there
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for task, repo in (("busi", "MedOtter/BUSI"), ("btcv", "Angelou0516/btcv")):
+        with pytest.raises(MedSAConnectionError, match=rf"Task '{task}' reads the Hub dataset '{repo}', which "
+                           r"cannot be reached \(\w+\).*data_dir=DIR"):  # fmt: skip
+            load_task(task)

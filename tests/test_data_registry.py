@@ -5,6 +5,7 @@ import json
 import pytest
 import yaml
 
+from peft_medsa import MedSAValueError
 from peft_medsa.data import IntensityPolicy, TaskSpec, get_task, list_tasks, register_task
 
 HUB_TASKS = {
@@ -61,11 +62,61 @@ def test_registering_a_different_task_under_a_taken_name_needs_overwrite():
         ({"mask_encoding": "binary", "labels": {1: "a", 2: "b"}}, "exactly one class with id 1"),
         ({"format": "volumes"}, "needs an `index` or both"),
         ({"intensity": {"kind": "window", "level": 40}}, "needs `level` and a positive `width`"),
+        ({"intensity": "rgb"}, r"`intensity` must be a mapping such as \{kind: rgb\}, got 'rgb'"),
+        ({"intensity": {"kind": "rgb", "gamma": 2}}, r"unknown intensity field\(s\) \['gamma'\]"),
+        ({"intensity": {"kind": "window", "level": "40", "width": 400}}, r"`level` must be a finite number"),
+        ({"intensity": {"kind": "percentile", "percentiles": [1]}}, r"`percentiles`.*1 items instead of 2"),
+        ({"labels": {"liver": 1}}, r"`labels` must map integer class ids to names.*got 'liver': 1"),
+        ({"labels": {1.5: "a"}}, r"integer class ids.*got 1.5: 'a'"),
+        ({"labels": {1: 7}}, r"integer class ids.*got 1: 7"),
+        ({"labels": ["liver"]}, r"`labels` must map class ids to names.*got \['liver'\]"),
+        ({"labels": {}}, "must not be empty"),
+        ({"name": 7}, r"`name` must be a non-empty string, got 7"),
+        (
+            {"split_fractions": {"train": 0, "validation": 0, "test": 0}},
+            r"`split_fractions` must be >= 0 with a positive sum",
+        ),
+        ({"split_fractions": {"train": -1, "test": 2}}, r"`split_fractions` must be >= 0"),
+        (
+            {"split_fractions": {"train": "0.8"}},
+            r"`split_fractions` must be a mapping of strings to finite numbers",
+        ),
+        ({"target_spacing": [0, 1, 1]}, r"`target_spacing` \(dz, dy, dx\) must be positive"),
+        ({"target_spacing": [-1.5, None, None]}, r"`target_spacing` \(dz, dy, dx\) must be positive"),
+        ({"target_spacing": [1, 1]}, r"`target_spacing` must be .*2 items instead of 3"),
+        ({"target_spacing": "1,1,1"}, r"`target_spacing` must be .*got '1,1,1' \(a str\)"),
+        ({"strip_suffixes": "_gt"}, r"`strip_suffixes` must be a list of strings, got '_gt'"),
+        ({"verified": "yes"}, r"`verified` must be true or false, got 'yes'"),
+        ({"mask_threshold": float("nan")}, r"`mask_threshold` must be a finite number, got nan"),
+        ({"image_column": 3}, r"`image_column` must be a string, got 3"),
+        ({"splits": ["train"]}, r"`splits` must be a mapping of strings to strings"),
     ],
 )
 def test_bad_specs_are_rejected_with_the_reason(overrides, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(MedSAValueError, match=message):
         TaskSpec.from_dict(minimal(**overrides))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: t\nformat: parquet\nlabels: {1: a\n", r"t.yaml, line \d+: invalid YAML"),
+        ("name: t\n  format: [parquet\n", r"t.yaml, line \d+: invalid YAML"),
+        ("- just\n- a list\n", "must hold a mapping of task fields, got list"),
+    ],
+)
+def test_task_file_syntax_errors_name_the_file_and_line(tmp_path, text, message):
+    path = tmp_path / "t.yaml"
+    path.write_text(text)
+    with pytest.raises(MedSAValueError, match=message):
+        TaskSpec.from_file(path)
+
+
+def test_json_task_file_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text('{\n  "name": "t",\n  "format": parquet\n}')
+    with pytest.raises(MedSAValueError, match=r"t.json, line 3: invalid JSON"):
+        TaskSpec.from_file(path)
 
 
 def test_unknown_task_lists_the_known_ones():

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_sam_config
 from safetensors.torch import load_file
-from transformers import SamModel, TrainerCallback
+from transformers import TrainerCallback
 
 from peft_medsa.training.arguments import parse_arguments
 from peft_medsa.training.run import train
@@ -19,11 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base")
-    torch.manual_seed(0)
-    SamModel(tiny_sam_config()).save_pretrained(path)
-    return path
+def base(sam_checkpoint):
+    return sam_checkpoint
 
 
 def arguments(base, output, *extra, batch=4):

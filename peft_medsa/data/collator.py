@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
+from ..errors import MedSAValueError
+
 MODEL_KEYS = ("pixel_values", "input_points", "input_labels", "input_boxes", "labels")
 
 
@@ -36,25 +38,25 @@ class SamDataCollator:
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not features:
-            raise ValueError("Cannot collate an empty list of examples.")
+            raise MedSAValueError("Cannot collate an empty list of examples.")
         keys = [k for k in MODEL_KEYS if k in features[0]]
         if "pixel_values" not in keys:
-            raise ValueError(f"Examples need `pixel_values`; got keys {sorted(features[0])}.")
+            raise MedSAValueError(f"Examples need `pixel_values`; got keys {sorted(features[0])}.")
         for feature in features[1:]:
             if [k for k in MODEL_KEYS if k in feature] != keys:
-                raise ValueError(
+                raise MedSAValueError(
                     "All examples of a batch need the same prompt kind (points or boxes) and keys."
                 )
         ndims = {torch.as_tensor(f["pixel_values"]).ndim for f in features}
         if len(ndims) != 1 or ndims.pop() not in (3, 4):
-            raise ValueError(
+            raise MedSAValueError(
                 "`pixel_values` must be (3, H, W) for every example or (3, D, H, W) for every example."
             )
         batch = {}
         for key in keys:
             tensors = [torch.as_tensor(f[key]) for f in features]
             if len({tuple(t.shape) for t in tensors}) != 1:
-                raise ValueError(
+                raise MedSAValueError(
                     f"`{key}` shapes differ across the batch: {[tuple(t.shape) for t in tensors]}."
                 )
             # default_collate stacks into shared memory inside DataLoader workers (no extra copy to send it).

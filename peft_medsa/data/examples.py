@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..errors import MedSAValueError
 from .preprocessing import ProcessedImages, SamPreprocessor, decode_mask, to_rgb, to_uint8
 from .prompts import PromptConfig, example_seed, not_a_point_prompt, sample_prompt
 from .readers import Volume, check_same_geometry
@@ -56,9 +57,9 @@ class ExampleBuilder:
 
     def __post_init__(self):
         if self.empty_targets not in ("skip", "keep"):
-            raise ValueError(f"empty_targets must be 'skip' or 'keep', got {self.empty_targets!r}.")
+            raise MedSAValueError(f"empty_targets must be 'skip' or 'keep', got {self.empty_targets!r}.")
         if self.empty_targets == "keep" and self.prompt.kind == "box":
-            raise ValueError(
+            raise MedSAValueError(
                 "empty_targets='keep' needs point prompts (not-a-point); a box cannot point at nothing."
             )
 
@@ -73,7 +74,7 @@ class ExampleBuilder:
         """Examples of one 2-D image (H, W) or (H, W, C) with its mask (H, W)."""
         where = f"Task {self.spec.name!r}, case {case_id!r}: "
         if image.shape[:2] != mask.shape[:2]:
-            raise ValueError(
+            raise MedSAValueError(
                 f"{where}image size {image.shape[:2]} and mask size {mask.shape[:2]} differ; "
                 "each mask must be pixel-aligned with its image."
             )
@@ -88,7 +89,7 @@ class ExampleBuilder:
         where = f"Task {self.spec.name!r}, case {case_id!r}: "
         check_same_geometry(image, label, where)
         if image.array.size == 0:
-            raise ValueError(f"{where}the volume is empty (shape {image.array.shape}).")
+            raise MedSAValueError(f"{where}the volume is empty (shape {image.array.shape}).")
         if self.spec.target_spacing is not None:
             image, label = resample_volume(image, label, self.spec.target_spacing)
         label_map = self._decode(label.array, volume=True, where=where)  # (D, H, W)

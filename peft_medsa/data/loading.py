@@ -26,6 +26,8 @@ from datasets import Dataset, Image, IterableDataset, load_dataset
 from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
+from ..errors import MedSAConnectionError, MedSAFileNotFoundError, MedSAValueError
+from ..pretrained import hub_kwargs
 from .examples import ExampleBuilder
 from .preprocessing import SamPreprocessor
 from .prompts import PromptConfig
@@ -86,16 +88,21 @@ def load_task(
         keep_original_target=keep_original_target,
     )
     if split not in spec.splits:
-        raise ValueError(f"Task {spec.name!r} has no split {split!r}; its splits are {sorted(spec.splits)}.")
+        raise MedSAValueError(
+            f"Task {spec.name!r} has no split {split!r}; its splits are {sorted(spec.splits)}."
+        )
     if depth is not None and spec.format != "volumes":
-        raise ValueError(
+        raise MedSAValueError(
             f"`depth` makes 3-D chunks of volumes; task {spec.name!r} is a 2-D {spec.format} task."
         )
     if data_dir is not None:
         spec = replace(spec, repo_id=None, path=str(data_dir))
     spec = _resolve_demo(spec)
+    if spec.repo_id is not None and not constants.HF_HUB_OFFLINE:
+        with _hub_access(spec):  # one quick question first: the libraries retry for minutes without network
+            hub_kwargs(spec.repo_id, f"Task {spec.name!r}", "README.md", "dataset", spec.revision)
     if spec.path is not None and not Path(spec.path).is_dir():
-        raise FileNotFoundError(f"Task {spec.name!r}: no local folder at {spec.path}.")
+        raise MedSAFileNotFoundError(f"Task {spec.name!r}: no local folder at {spec.path}.")
     source_split = spec.splits[split]
     if spec.format == "parquet":
         dataset = _parquet_pairs(spec, source_split, streaming)
@@ -126,7 +133,7 @@ def resolve_task(task_or_path: str | Path | TaskSpec | Mapping[str, Any]) -> Tas
         for name in TASK_FILE_NAMES:
             if (path / name).is_file():
                 return _task_from_file(path / name)
-        raise FileNotFoundError(
+        raise MedSAFileNotFoundError(
             f"{path} is a folder without a task file ({', '.join(TASK_FILE_NAMES)}). Add one describing its "
             "format, columns and label map (see docs/data.md), or pass a registered task with data_dir=."
         )
@@ -156,11 +163,12 @@ def _hub_access(spec: TaskSpec) -> Iterator[None]:
     try:
         yield
     except (ConnectionError, LocalEntryNotFoundError) as error:
-        why = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else f"{type(error).__name__}: {error}"
-        raise ConnectionError(
+        cause = error.__cause__ if isinstance(error, MedSAConnectionError) and error.__cause__ else error
+        why = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else type(cause).__name__
+        raise MedSAConnectionError(
             f"Task {spec.name!r} reads the Hub dataset {spec.repo_id!r}, which cannot be reached ({why}). "
             f"Download it where the Hub is reachable (`hf download {spec.repo_id} --repo-type dataset "
-            f"--local-dir DIR`) and call `load_task({spec.name!r}, data_dir=DIR)`."
+            f"--local-dir DIR`) and call `load_task({spec.name!r}, data_dir=DIR)` (`--data_dir DIR` in medsa train)."
         ) from error
 
 
@@ -179,7 +187,7 @@ def _parquet_pairs(spec: TaskSpec, split: str, streaming: bool) -> IterableDatas
     ]
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
-        raise ValueError(
+        raise MedSAValueError(
             f"Task {spec.name!r}: column(s) {missing} not found in {spec.source_name()} (split {split!r}); its "
             f"columns are {dataset.column_names}. Fix `image_column`/`mask_column`/... in the task spec."
         )
@@ -206,7 +214,7 @@ def _matched_pairs(spec: TaskSpec, files: list[str]) -> list[dict[str, str]]:
     labels = {case_id(f): f for f in sorted(files) if fnmatch.fnmatch(f, spec.label_glob)}
     unpaired = sorted(set(images) ^ set(labels))
     if not images or unpaired:
-        raise ValueError(
+        raise MedSAValueError(
             f"Task {spec.name!r}: image_glob {spec.image_glob!r} and label_glob {spec.label_glob!r} matched "
             f"{len(images)} images and {len(labels)} labels in {spec.source_name()}; unpaired case ids: {unpaired[:10]}."
         )
@@ -242,7 +250,7 @@ def _volume_cases(spec: TaskSpec, split: str) -> list[dict[str, str]]:
         for row in rows:
             missing = [k for k in (spec.image_column, spec.mask_column) if k not in row]
             if missing:
-                raise ValueError(
+                raise MedSAValueError(
                     f"Task {spec.name!r}: index row {row} has no key(s) {missing}; fix the spec's columns."
                 )
             name = row.get(spec.case_id_column) if spec.case_id_column else None
@@ -260,7 +268,7 @@ def _volume_cases(spec: TaskSpec, split: str) -> list[dict[str, str]]:
             if hash_split(c["case_id"], spec.split_fractions) == split
         ]
     if not cases:
-        raise ValueError(f"Task {spec.name!r}: split {split!r} of {spec.source_name()} lists no case.")
+        raise MedSAValueError(f"Task {spec.name!r}: split {split!r} of {spec.source_name()} lists no case.")
     return cases
 
 
@@ -269,7 +277,7 @@ def _fetch(spec: TaskSpec, relative: str) -> Path:
     if spec.path is not None:
         path = Path(spec.path) / relative
         if not path.exists():
-            raise FileNotFoundError(f"Task {spec.name!r}: {relative} not found under {spec.path}.")
+            raise MedSAFileNotFoundError(f"Task {spec.name!r}: {relative} not found under {spec.path}.")
         return path
     with _hub_access(spec):
         if Path(relative).suffix:
@@ -295,7 +303,7 @@ def _local_image_pairs(spec: TaskSpec, split: str) -> IterableDataset:
         if hash_split(c["case_id"], spec.split_fractions) == split
     ]
     if not cases:
-        raise ValueError(f"Task {spec.name!r}: split {split!r} of {spec.source_name()} lists no image.")
+        raise MedSAValueError(f"Task {spec.name!r}: split {split!r} of {spec.source_name()} lists no image.")
     root = Path(spec.path)
     table = {
         spec.image_column: [str(root / c["image"]) for c in cases],

@@ -16,6 +16,7 @@ import numpy as np
 from transformers import SamImageProcessorPil
 from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict
 
+from ..errors import MedSAValueError
 from .registry import IntensityPolicy
 
 
@@ -41,7 +42,7 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[2] not in (1, 3):
-        raise ValueError(f"Expected a grayscale or RGB image, got shape {image.shape}.")
+        raise MedSAValueError(f"Expected a grayscale or RGB image, got shape {image.shape}.")
     return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
 
 
@@ -61,7 +62,7 @@ def decode_mask(
     """
     if mask.ndim == 3 and not volume:
         if encoding != "binary":
-            raise ValueError(
+            raise MedSAValueError(
                 f"{where}mask has {mask.shape[2]} channels; an `index` mask must be single-channel "
                 "(set `mask_encoding: binary` for black/white RGB masks)."
             )
@@ -71,7 +72,7 @@ def decode_mask(
     values = np.unique(mask)
     unknown = sorted(set(values.tolist()) - set(labels) - {0})
     if unknown:
-        raise ValueError(
+        raise MedSAValueError(
             f"{where}mask holds value(s) {unknown[:10]} that are not in the task's label map {dict(labels)}; "
             "add them to `labels`, or use `mask_encoding: binary` for 0/255 masks."
         )

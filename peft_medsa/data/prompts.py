@@ -15,6 +15,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from ..errors import MedSAValueError
+
 NOT_A_POINT = -1  # SAM's label for "no point here" (its prompt encoder has a learned embedding for it)
 SAM_INPUT_SIZE = 1024  # the input side SAM's pixel figures refer to (e.g. its 20-px cap on box noise)
 
@@ -39,15 +41,15 @@ class PromptConfig:
 
     def __post_init__(self):
         if self.kind not in ("points", "box"):
-            raise ValueError(f"Prompt kind must be 'points' or 'box', got {self.kind!r}.")
+            raise MedSAValueError(f"Prompt kind must be 'points' or 'box', got {self.kind!r}.")
         if self.kind == "points" and (self.num_positive < 0 or self.num_negative < 0 or self.num_points == 0):
-            raise ValueError("A point prompt needs num_positive + num_negative >= 1, both non-negative.")
+            raise MedSAValueError("A point prompt needs num_positive + num_negative >= 1, both non-negative.")
         if self.box_tau is not None and not 0 < self.box_tau <= 1:
-            raise ValueError(f"box_tau is an IoU and must be in (0, 1], got {self.box_tau}.")
+            raise MedSAValueError(f"box_tau is an IoU and must be in (0, 1], got {self.box_tau}.")
         if self.box_jitter < 0:
-            raise ValueError(f"box_jitter must be >= 0 pixels, got {self.box_jitter}.")
+            raise MedSAValueError(f"box_jitter must be >= 0 pixels, got {self.box_jitter}.")
         if self.box_noise < 0 or self.box_noise_max < 0:
-            raise ValueError(
+            raise MedSAValueError(
                 f"box_noise (a fraction of the box side) and box_noise_max (pixels) must be >= 0, got "
                 f"{self.box_noise} and {self.box_noise_max}."
             )
@@ -64,7 +66,7 @@ class PromptConfig:
         if isinstance(prompt, Mapping):
             return cls(**prompt)
         if prompt not in PROMPT_PRESETS:
-            raise ValueError(
+            raise MedSAValueError(
                 f"Unknown prompt preset {prompt!r}; choose one of {sorted(PROMPT_PRESETS)} or pass a PromptConfig."
             )
         return PROMPT_PRESETS[prompt]
@@ -219,7 +221,9 @@ def next_click(
     """
     prediction, target = np.asarray(prediction, bool), np.asarray(target, bool)
     if prediction.shape != target.shape:
-        raise ValueError(f"prediction {prediction.shape} and target {target.shape} must have the same shape.")
+        raise MedSAValueError(
+            f"prediction {prediction.shape} and target {target.shape} must have the same shape."
+        )
     lead = prediction.shape[:-2]
     points = np.zeros((*lead, 2), np.float32)
     labels = np.full(lead, NOT_A_POINT, np.int64)

@@ -9,14 +9,14 @@ package.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from ..errors import MedSAFileNotFoundError, MedSAValueError
+from ..validation import check_field_types, lists_to_tuples, load_data_file
 
 FORMATS = ("parquet", "volumes", "images")
 INTENSITY_KINDS = ("rgb", "window", "percentile", "minmax")
@@ -40,13 +40,16 @@ class IntensityPolicy:
     percentiles: tuple[float, float] = (0.5, 99.5)
 
     def __post_init__(self):
+        check_field_types(self, "intensity policy", names=("level", "width", "percentiles"))
         if self.kind not in INTENSITY_KINDS:
-            raise ValueError(f"Unknown intensity kind {self.kind!r}; choose one of {INTENSITY_KINDS}.")
+            raise MedSAValueError(f"Unknown intensity kind {self.kind!r}; choose one of {INTENSITY_KINDS}.")
         if self.kind == "window" and (self.level is None or not self.width or self.width <= 0):
-            raise ValueError("A `window` intensity policy needs `level` and a positive `width` (in HU).")
+            raise MedSAValueError("A `window` intensity policy needs `level` and a positive `width` (in HU).")
         low, high = self.percentiles
         if not 0 <= low < high <= 100:
-            raise ValueError(f"`percentiles` must satisfy 0 <= low < high <= 100, got {self.percentiles}.")
+            raise MedSAValueError(
+                f"`percentiles` must satisfy 0 <= low < high <= 100, got {self.percentiles}."
+            )
 
 
 @dataclass(frozen=True)
@@ -102,29 +105,50 @@ class TaskSpec:
     homepage: str | None = None
 
     def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise MedSAValueError(f"A task's `name` must be a non-empty string, got {self.name!r}.")
         if self.format not in FORMATS:
-            raise ValueError(f"Task {self.name!r}: unknown format {self.format!r}; choose one of {FORMATS}.")
+            raise MedSAValueError(
+                f"Task {self.name!r}: unknown format {self.format!r}; choose one of {FORMATS}."
+            )
         if (self.repo_id is None) == (self.path is None):
-            raise ValueError(
+            raise MedSAValueError(
                 f"Task {self.name!r}: give exactly one source, `repo_id` (Hub) or `path` (local)."
             )
+        check_field_types(self, f"Task {self.name!r}")
         if not self.labels:
-            raise ValueError(f"Task {self.name!r}: `labels` (class id -> name) must not be empty.")
-        bad = [k for k in self.labels if not 0 < int(k) < 256]
+            raise MedSAValueError(f"Task {self.name!r}: `labels` (class id -> name) must not be empty.")
+        bad = [k for k in self.labels if not 0 < k < 256]
         if bad:
-            raise ValueError(f"Task {self.name!r}: class ids must be in 1..255 (0 is background), got {bad}.")
+            raise MedSAValueError(
+                f"Task {self.name!r}: class ids must be in 1..255 (0 is background), got {bad}."
+            )
         if self.mask_encoding not in MASK_ENCODINGS:
-            raise ValueError(
+            raise MedSAValueError(
                 f"Task {self.name!r}: unknown mask_encoding {self.mask_encoding!r}; use {MASK_ENCODINGS}."
             )
         if self.mask_encoding == "binary" and set(self.labels) != {1}:
-            raise ValueError(f"Task {self.name!r}: a binary mask encoding needs exactly one class with id 1.")
+            raise MedSAValueError(
+                f"Task {self.name!r}: a binary mask encoding needs exactly one class with id 1."
+            )
         if self.format != "parquet" and not (self.index or (self.image_glob and self.label_glob)):
-            raise ValueError(
+            raise MedSAValueError(
                 f"Task {self.name!r}: a {self.format} task needs an `index` or both `image_glob` and `label_glob`."
             )
+        if any(f < 0 for f in self.split_fractions.values()) or not sum(self.split_fractions.values()) > 0:
+            raise MedSAValueError(
+                f"Task {self.name!r}: `split_fractions` must be >= 0 with a positive sum, got "
+                f"{dict(self.split_fractions)}."
+            )
+        if self.target_spacing is not None and any(s is not None and s <= 0 for s in self.target_spacing):
+            raise MedSAValueError(
+                f"Task {self.name!r}: `target_spacing` (dz, dy, dx) must be positive millimetres or null, got "
+                f"{self.target_spacing}."
+            )
         if self.format == "images" and self.repo_id is not None:
-            raise ValueError(f"Task {self.name!r}: the `images` format reads local folders only; use `path`.")
+            raise MedSAValueError(
+                f"Task {self.name!r}: the `images` format reads local folders only; use `path`."
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskSpec:
@@ -133,33 +157,38 @@ class TaskSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(
+            raise MedSAValueError(
                 f"Unknown task field(s) {unknown} in task {data.get('name')!r}; known fields: {sorted(known)}."
             )
         missing = [key for key in ("name", "format", "labels") if key not in data]
         if missing:
-            raise ValueError(f"Task {data.get('name')!r} is missing required field(s) {missing}.")
-        data["labels"] = {int(k): str(v) for k, v in data["labels"].items()}
-        if isinstance(data.get("intensity"), Mapping):
-            intensity = dict(data["intensity"])
-            if "percentiles" in intensity:
-                intensity["percentiles"] = tuple(intensity["percentiles"])
-            data["intensity"] = IntensityPolicy(**intensity)
-        for key in ("strip_suffixes", "target_spacing"):
-            if data.get(key) is not None:
-                data[key] = tuple(data[key])
-        return cls(**data)
+            raise MedSAValueError(f"Task {data.get('name')!r} is missing required field(s) {missing}.")
+        name = data.get("name")
+        data["labels"] = _class_ids(name, data["labels"])
+        intensity = data.get("intensity")
+        if intensity is not None and not isinstance(intensity, (Mapping, IntensityPolicy)):
+            raise MedSAValueError(
+                f"Task {name!r}: `intensity` must be a mapping such as {{kind: {intensity}}}, got {intensity!r}."
+            )
+        if isinstance(intensity, Mapping):
+            intensity = dict(intensity)
+            unknown = sorted(set(intensity) - {f.name for f in dataclasses.fields(IntensityPolicy)})
+            if unknown:
+                raise MedSAValueError(
+                    f"Task {name!r}: unknown intensity field(s) {unknown}; use kind, level, width, percentiles."
+                )
+            data["intensity"] = IntensityPolicy(**lists_to_tuples(IntensityPolicy, intensity))
+        return cls(**lists_to_tuples(cls, data))
 
     @classmethod
     def from_file(cls, path: str | Path) -> TaskSpec:
         """Reads a spec from a `.yaml`/`.yml`/`.json` file."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"No task file at {path}.")
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            raise MedSAFileNotFoundError(f"No task file at {path}.")
+        data = load_data_file(path)
         if not isinstance(data, Mapping):
-            raise ValueError(
+            raise MedSAValueError(
                 f"Task file {path} must hold a mapping of task fields, got {type(data).__name__}."
             )
         return cls.from_dict(data)
@@ -167,6 +196,27 @@ class TaskSpec:
     def source_name(self) -> str:
         """A human-readable source for messages: the Hub repo id or the local path."""
         return self.repo_id if self.repo_id is not None else str(self.path)
+
+
+def _class_ids(task: Any, labels: Any) -> dict[int, str]:
+    """`labels` with integer class ids: YAML and JSON give `1:` or `"1":`; anything else is a mistake."""
+    if not isinstance(labels, Mapping):
+        raise MedSAValueError(
+            f"Task {task!r}: `labels` must map class ids to names, e.g. {{1: liver}}, got {labels!r}."
+        )
+    ids = {}
+    for key, value in labels.items():
+        try:
+            class_id = int(key) if not isinstance(key, (bool, float)) else None
+        except (TypeError, ValueError):
+            class_id = None
+        if class_id is None or not isinstance(value, str):
+            raise MedSAValueError(
+                f"Task {task!r}: `labels` must map integer class ids to names (e.g. {{1: liver}}); got "
+                f"{key!r}: {value!r}."
+            )
+        ids[class_id] = value
+    return ids
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
@@ -177,7 +227,7 @@ def _load_builtin_tasks() -> None:
         return
     for entry in sorted(resources.files(__package__).joinpath("tasks").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".yaml"):
-            spec = TaskSpec.from_dict(yaml.safe_load(entry.read_text()))
+            spec = TaskSpec.from_dict(load_data_file(entry))
             _REGISTRY[spec.name] = spec
 
 
@@ -191,7 +241,7 @@ def register_task(task: TaskSpec | Mapping[str, Any] | str | Path, overwrite: bo
     else:
         spec = TaskSpec.from_file(task)
     if spec.name in _REGISTRY and not overwrite and _REGISTRY[spec.name] != spec:
-        raise ValueError(
+        raise MedSAValueError(
             f"A task named {spec.name!r} is already registered; pass overwrite=True to replace it."
         )
     _REGISTRY[spec.name] = spec
@@ -202,7 +252,7 @@ def get_task(name: str) -> TaskSpec:
     """Returns the registered task `name`, or raises with the list of known tasks."""
     _load_builtin_tasks()
     if name not in _REGISTRY:
-        raise ValueError(
+        raise MedSAValueError(
             f"Unknown task {name!r}. Registered tasks: {sorted(_REGISTRY)}. Register your own with "
             "`register_task(dict_or_yaml_path)` or pass a YAML/JSON task file or a local folder to `load_task`."
         )

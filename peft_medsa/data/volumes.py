@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ..errors import MedSAValueError
 from .prompts import PromptConfig, not_a_point_prompt
 from .readers import Volume
 
@@ -39,9 +40,9 @@ def chunk_starts(num_slices: int, depth: int, stride: int | None = None) -> list
     """First slice of each chunk of `depth` slices, every `stride` (default `depth`, no overlap); the last
     chunk is aligned to the end so every slice is covered. Raises if the volume is shorter than a chunk."""
     if depth < 1:
-        raise ValueError(f"chunk depth must be >= 1, got {depth}.")
+        raise MedSAValueError(f"chunk depth must be >= 1, got {depth}.")
     if num_slices < depth:
-        raise ValueError(
+        raise MedSAValueError(
             f"The volume has {num_slices} slices, fewer than the chunk depth {depth}; use a smaller `depth`."
         )
     stride = depth if stride is None else stride
@@ -57,7 +58,7 @@ def fill_empty_slices(
     """Gives every slice of a chunk a prompt, following the module's empty-slice policy (None = empty)."""
     present = [k for k, prompt in enumerate(prompts) if prompt is not None]
     if not present:
-        raise ValueError("A chunk needs at least one slice holding the target.")
+        raise MedSAValueError("A chunk needs at least one slice holding the target.")
     if config.kind == "points":
         return [prompt if prompt is not None else not_a_point_prompt(config) for prompt in prompts]
     return [prompts[min(present, key=lambda p: (abs(p - k), p))] for k in range(len(prompts))]

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, TrainingArguments
 
+from ..errors import MedSAError, MedSAValueError
+from ..validation import checked_arguments, load_data_file
+
 
 @dataclass
 class ModelArguments:
@@ -129,8 +132,13 @@ def parse_arguments(
     """Parse the four groups from the command line, or from one JSON or YAML file given as the only argument."""
     argv = sys.argv[1:] if argv is None else argv
     parser = HfArgumentParser((ModelArguments, TaskArguments, MedSAArguments, MedSATrainingArguments))
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    return parser.parse_args_into_dataclasses(argv)
+    from_file = len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml"))
+    try:
+        if from_file:
+            data = load_data_file(argv[0])
+            return parser.parse_dict(checked_arguments(parser.dataclass_types, data, argv[0]))
+        return parser.parse_args_into_dataclasses(argv)
+    except MedSAError:
+        raise
+    except ValueError as error:  # TrainingArguments' own consistency checks: a user mistake
+        raise MedSAValueError(f"{argv[0] if from_file else 'medsa train'}: {error}") from error

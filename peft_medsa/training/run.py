@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from peft import PeftModel, get_peft_model
-from transformers import SamModel, TrainerCallback, TrainingArguments, set_seed
+from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from ..config import MedSAConfig
 from ..data import PromptConfig, SamDataCollator, load_task, resolve_task
+from ..errors import MedSAValueError
 from ..hub import build_model_card, save_adapter_with_card
+from ..pretrained import load_sam
 from .arguments import MedSAArguments, ModelArguments, TaskArguments
 from .evaluation import EvaluationReport, evaluation_set, metrics_for
 from .losses import MedSALoss
@@ -27,7 +29,7 @@ from .trainer import MedSATrainer
 def build_model(model_args: ModelArguments, medsa_args: MedSAArguments, volumes: bool) -> PeftModel:
     """The SAM checkpoint with a fresh Med-SA adapter."""
     config = MedSAConfig.from_preset(medsa_args.preset, **medsa_args.config_overrides(volumes))
-    return get_peft_model(SamModel.from_pretrained(model_args.model_name_or_path), config)
+    return get_peft_model(load_sam(model_args.model_name_or_path), config)
 
 
 def training_set(task_args: TaskArguments, sam_config: Any, shuffle_seed: int) -> Any:
@@ -43,6 +45,11 @@ def training_set(task_args: TaskArguments, sam_config: Any, shuffle_seed: int) -
         depth=task_args.depth,
         data_dir=task_args.data_dir,
     )
+    if next(iter(examples), None) is None:  # else the Trainer fails later: "Batch does not contain any data"
+        raise MedSAValueError(
+            f"Task {task_args.task!r} split 'train' has no examples (no case, or no mask with a labelled "
+            "class); check the task's splits, split_fractions and labels."
+        )
     return examples.shuffle(seed=shuffle_seed, buffer_size=task_args.shuffle_buffer)
 
 
