@@ -116,7 +116,7 @@ def tiny_sam2_config(config_class=None):
         "backbone_config": backbone,
         "backbone_channel_list": [128, 64, 32, 16],
         "backbone_feature_sizes": [[16, 16], [8, 8], [4, 4]],
-        "fpn_hidden_size": 32,
+        "fpn_hidden_size": 128,
         **init,
     }
     return _build(config_class or Sam2Config, vision, 64, 16)
@@ -143,22 +143,37 @@ def tiny_sam3_tracker_config(config_class=None):
     vision = {
         "backbone_config": backbone,
         "backbone_feature_sizes": [[16, 16], [8, 8], [4, 4]],
-        "fpn_hidden_size": 32,
+        "fpn_hidden_size": 128,
         **init,
     }
     return _build(config_class or Sam3TrackerConfig, vision, 56, 14)
 
 
 def _build(config_class, vision: dict, image_size: int, patch_size: int):
-    """The config with a small prompt encoder and mask decoder; video configs also get the top-level image size
-    (their own default, 1024 or 1008, would override the vision and prompt encoders' sizes)."""
+    """The config with a small prompt encoder and mask decoder; video configs also get a small memory and the
+    top-level image size (their own default, 1024 or 1008, would override the vision and prompt encoders' sizes).
+    The decoder is 128 wide: transformers fixes the memory width at 64 and only handles object pointers wider
+    than the memory (as in every released checkpoint, 256 vs 64)."""
     init = {"initializer_range": 0.2}
-    video = {"image_size": image_size} if "Video" in config_class.__name__ else {}
+    video = {}
+    if "Video" in config_class.__name__:
+        feature_size = image_size // patch_size  # the image embedding's side, as the prompt encoder sees it
+        video = {
+            "image_size": image_size,
+            "memory_attention_hidden_size": 128,
+            "memory_attention_num_layers": 1,
+            "memory_attention_feed_forward_hidden_size": 64,
+            "memory_attention_rope_feat_sizes": [feature_size, feature_size],
+            "memory_encoder_hidden_size": 128,
+            "mask_downsampler_embed_dim": 128,
+            "memory_fuser_embed_dim": 128,
+            "memory_fuser_intermediate_dim": 64,
+        }
     return config_class(
         vision_config=vision,
-        prompt_encoder_config=dict(hidden_size=32, image_size=image_size, patch_size=patch_size, **init),
+        prompt_encoder_config=dict(hidden_size=128, image_size=image_size, patch_size=patch_size, **init),
         mask_decoder_config=dict(
-            hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32, **init
+            hidden_size=128, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32, **init
         ),
         **video,
         **init,
