@@ -1,11 +1,12 @@
-"""Trainable and stored parameters of each Med-SA preset and of the compared methods on SAM ViT-B/L/H configs.
+"""Trainable and stored parameters of each Med-SA preset and of the compared methods on SAM ViT-B/L/H configs, and
+of the presets on the SAM 2 family (SAM 2.1 Hiera-T/S/B+/L, the SAM 3 tracker).
 
 Models are built on the meta device (random init, no memory, nothing downloaded). "Stored" is what a user keeps
 to reproduce the result: the PEFT adapter file (adapters and `modules_to_save`), the mask decoder for decoder-only
 fine-tuning, the whole model for full fine-tuning.
 
-Run: `python benchmarks/parameter_counts.py` (a few seconds). Prints a JSON record, the markdown table of Med-SA
-variants that the README shows, and the table of compared methods.
+Run: `python benchmarks/parameter_counts.py` (a few seconds). Prints a JSON record, the markdown tables of Med-SA
+variants (SAM, then the SAM 2 family) that the README shows, and the table of compared methods.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 import torch
 from common import METHODS, VISION_CONFIGS, build, markdown, parameter_counts, sam_config
 from peft import get_peft_model
-from transformers import SamModel
+from torch import nn
+from transformers import Sam2Config, Sam2Model, Sam3TrackerConfig, Sam3TrackerModel, SamModel
 
 from peft_medsa import MedSAConfig
 
@@ -29,13 +31,55 @@ VARIANTS = {
 }
 
 
+# The SAM 2 family has no SD-Trans (volumes go through the video memory), so its variants are the presets alone.
+FAMILY_VARIANTS = {name: options for name, options in VARIANTS.items() if "SD-Trans" not in name}
+
+# Hiera image encoders of the released SAM 2.1 checkpoints (facebook/sam2.1-hiera-{tiny,small,base-plus,large}, as
+# in their sam2.1_hiera_*.yaml): embedding width, heads, blocks per stage, global-attention blocks, window sizes
+# and background size of the windowed position embedding. Widths and heads double at each of the 4 stages.
+HIERA = {
+    "Hiera-T": (96, 1, [1, 2, 7, 2], [5, 7, 9], [8, 4, 14, 7], [7, 7]),
+    "Hiera-S": (96, 1, [1, 2, 11, 2], [7, 10, 13], [8, 4, 14, 7], [7, 7]),
+    "Hiera-B+": (112, 2, [2, 3, 16, 3], [12, 16, 20], [8, 4, 14, 7], [14, 14]),
+    "Hiera-L": (144, 2, [2, 6, 36, 4], [23, 33, 43], [8, 4, 16, 8], [7, 7]),
+}
+
+
+def sam2_config(size: str) -> Sam2Config:
+    width, heads, blocks, global_blocks, windows, background = HIERA[size]
+    widths = [width * 2**stage for stage in range(4)]
+    backbone = {
+        "model_type": "sam2_hiera_det_model",
+        "hidden_size": width,
+        "embed_dim_per_stage": widths,
+        "num_attention_heads_per_stage": [heads * 2**stage for stage in range(4)],
+        "blocks_per_stage": blocks,
+        "global_attention_blocks": global_blocks,
+        "window_size_per_stage": windows,
+        "window_positional_embedding_background_size": background,
+    }
+    return Sam2Config(vision_config={"backbone_config": backbone, "backbone_channel_list": widths[::-1]})
+
+
+# Model builders of each SAM 2-family size: the image models (their video twins add the memory, not adapters).
+FAMILY_MODELS = {
+    **{f"SAM 2.1 {size}": (lambda size=size: Sam2Model(sam2_config(size))) for size in HIERA},
+    "SAM 3 tracker": lambda: Sam3TrackerModel(Sam3TrackerConfig()),
+}
+
+
 def count(size: str, preset: str, **overrides: Any) -> tuple[int, int]:
     """(trainable parameters, parameters of SAM alone) for one Med-SA preset."""
+    return count_on(lambda: SamModel(sam_config(size)), preset, **overrides)
+
+
+def count_on(build_model: Any, preset: str, **overrides: Any) -> tuple[int, int]:
+    """(trainable parameters, parameters of the base model) for one Med-SA preset on the model `build_model()`."""
     with torch.device("meta"):
-        model = SamModel(sam_config(size))
-        sam = sum(p.numel() for p in model.parameters())
+        model: nn.Module = build_model()
+        base = sum(p.numel() for p in model.parameters())
         model = get_peft_model(model, MedSAConfig.from_preset(preset, **overrides))
-    return model.get_nb_trainable_parameters()[0], sam
+    return model.get_nb_trainable_parameters()[0], base
 
 
 def count_method(size: str, method: str) -> dict[str, int]:
@@ -57,18 +101,29 @@ def main() -> dict[str, Any]:
         for size in VISION_CONFIGS
         for method in METHODS
     ]
-    record = {"medsa_variants": variants, "methods": methods}
+    family_variants = []
+    for model_name, build_model in FAMILY_MODELS.items():
+        for variant, options in FAMILY_VARIANTS.items():
+            trainable, base = count_on(build_model, **options)
+            family_variants.append(
+                {"sam": model_name, "variant": variant, "trainable": trainable, "sam_parameters": base}
+            )
+    record = {"medsa_variants": variants, "methods": methods, "family_variants": family_variants}
     print(json.dumps(record, indent=1))
 
     def cell(count: int, sam: int) -> str:
         return f"{count:,} ({100 * count / sam:.1f} %)"
 
-    rows = []
-    for size in VISION_CONFIGS:
-        sizes = [r for r in variants if r["sam"] == size]
-        cells = [cell(r["trainable"], r["sam_parameters"]) for r in sizes]
-        rows.append([size, f"{sizes[0]['sam_parameters']:,}", *cells])
-    print("\n" + markdown(["SAM", "parameters", *VARIANTS], rows))
+    def variants_table(records: list[dict[str, Any]], first_column: str, columns: list[str]) -> str:
+        rows = []
+        for model in dict.fromkeys(r["sam"] for r in records):
+            sizes = [r for r in records if r["sam"] == model]
+            cells = [cell(r["trainable"], r["sam_parameters"]) for r in sizes]
+            rows.append([model, f"{sizes[0]['sam_parameters']:,}", *cells])
+        return markdown([first_column, "parameters", *columns], rows)
+
+    print("\n" + variants_table(variants, "SAM", list(VARIANTS)))
+    print("\n" + variants_table(family_variants, "model", list(FAMILY_VARIANTS)))
     rows = [
         [
             r["sam"],

@@ -9,6 +9,7 @@ from peft.config import PeftConfig
 
 from .adapter_files import check_adapter_file
 from .errors import MedSAValueError
+from .families import SAM
 from .validation import check_field_types
 
 # The method's name in peft's registries. It is a plain string, not a `peft.PeftType` member: peft keys its
@@ -153,14 +154,8 @@ class MedSAConfig(PeftConfig):
             raise MedSAValueError(
                 f"layers_to_transform must hold block indices >= 0, got {self.layers_to_transform}."
             )
-        self.target_modules = self._target_regex()
-
-    def _target_regex(self) -> str:
-        """The blocks this adapter wraps: every image-encoder block, and the decoder's two-way blocks if enabled."""
-        targets = [r"vision_encoder\.layers\.\d+"]
-        if self.decoder_adapters:
-            targets.append(r"mask_decoder\.transformer\.layers\.\d+")
-        return rf"(.*\.)?({'|'.join(targets)})"
+        # SAM's blocks; `MedSAModel` points it at the blocks of the model's own family when it injects.
+        self.target_modules = SAM.target_regex(self.decoder_adapters)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> MedSAConfig:

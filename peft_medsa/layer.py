@@ -2,8 +2,11 @@
 
 - `MedSAVisionLayer` wraps a `SamVisionLayer`: Space adapter (serial, after attention), MLP adapter (parallel,
   scaled) and, for volumes, the SD-Trans depth branch with its Depth adapter.
-- `MedSADecoderLayer` wraps a `SamTwoWayAttentionBlock`: HyP-Adpt (prompt-conditioned, after the token
-  self-attention), an adapter parallel to the MLP, and one after the image-to-token cross-attention.
+- `MedSAAttentionLayer` and `MedSAMLPLayer` wrap the attention and the MLP of a SAM 2 (Hiera) or SAM 3 tracker
+  image-encoder block: the same Space and MLP adapters, at each block's own width (see `families`).
+- `MedSADecoderLayer` wraps a two-way block of any family's mask decoder (`SamTwoWayAttentionBlock` and its SAM 2 /
+  SAM 3 tracker twins): HyP-Adpt (prompt-conditioned, after the token self-attention), an adapter parallel to the
+  MLP, and one after the image-to-token cross-attention.
 
 Every adapter is a bottleneck `up(act(down(x)))`. Its two projections live in separate `nn.ModuleDict`s keyed by
 adapter name, each value a leaf `nn.Linear`, so that saved keys never contain the adapter name (peft strips it).
@@ -241,6 +244,56 @@ class MedSAVisionLayer(GradientCheckpointingLayer, MedSALayer):
         out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout)  # (B, N, heads, D, hd)
         out = attn.proj(out.permute(0, 3, 1, 2, 4).reshape(volumes, num_slices, tokens, -1))  # (B, D, N, C)
         return out.reshape(batch_slices, height, width, -1)
+
+
+class MedSABlockPartLayer(nn.Module, MedSALayer):
+    """One part (attention or MLP) of a SAM 2-family image-encoder block with one Med-SA bottleneck of the block's
+    width; the subclasses name the bottleneck (`adapter_names_in_layer`) and place it (`forward`)."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: MedSAConfig, width: int) -> None:
+        super().__init__()
+        self._init_medsa_state(base_layer)
+        self.width = width
+        self.update_layer(adapter_name, config)
+
+    def update_layer(self, adapter_name: str, config: MedSAConfig) -> None:
+        self._add_bottleneck(self.adapter_names_in_layer[0], adapter_name, self.width, config)
+        self._finish_update(adapter_name, config)
+
+
+class MedSAAttentionLayer(MedSABlockPartLayer):
+    """The attention of a SAM 2 (Hiera) or SAM 3 tracker image-encoder block, followed by Med-SA's Space adapter.
+
+    The adapter is serial, `a + Adapter(a)`, on the attention output `a`: token-wise, so it is the same whether the
+    block calls attention on windows or on the whole image, before or after Hiera's query pooling. `width` is the
+    block's width after attention (its output width at a stage change). Attention may return a tensor (SAM 2) or a
+    tuple whose first item is the output (SAM 3); the wrapper returns the same structure.
+    """
+
+    adapter_names_in_layer = ("space",)
+    adapter_layer_names = _projection_dicts(adapter_names_in_layer)
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor | tuple:
+        output = self.base_layer(*args, **kwargs)
+        attention = output[0] if isinstance(output, tuple) else output
+        space = self._sum_of("space", attention) if self._uses_adapters() else None
+        if space is None:
+            return output
+        attention = attention + space
+        return (attention, *output[1:]) if isinstance(output, tuple) else attention
+
+
+class MedSAMLPLayer(MedSABlockPartLayer):
+    """The MLP of a SAM 2 or SAM 3 tracker image-encoder block with Med-SA's parallel adapter:
+    `MLP(x) + s * Adapter(x)`, x the block's normalised hidden states of width `width`."""
+
+    adapter_names_in_layer = ("mlp",)
+    adapter_layer_names = _projection_dicts(adapter_names_in_layer)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if not self._uses_adapters():
+            return self.base_layer(hidden_states)
+        return self._mlp_with_adapters(self.base_layer, hidden_states)
 
 
 class MedSADecoderLayer(nn.Module, MedSALayer):

@@ -17,14 +17,26 @@ from torch import nn
 from .adapter_files import check_adapter_keys, check_adapter_shapes
 from .config import MedSAConfig
 from .errors import MedSAValueError
-from .layer import _NOT_MERGEABLE, MedSADecoderLayer, MedSALayer, MedSAVisionLayer, SliceContext
+from .families import SamFamily, family_of, family_of_adapter
+from .layer import (
+    _NOT_MERGEABLE,
+    MedSAAttentionLayer,
+    MedSADecoderLayer,
+    MedSALayer,
+    MedSAMLPLayer,
+    MedSAVisionLayer,
+    SliceContext,
+)
 
 # Prompt inputs of SamModel.forward and the rank each must have; their first dimension is the image batch.
 PROMPT_RANKS = {"input_points": 4, "input_labels": 3, "input_boxes": 3, "input_masks": 4}
 
 
 class MedSAModel(BaseTuner):
-    """Adds Med-SA adapters to a `SamModel` or `SamHQModel` (use through `peft.get_peft_model`).
+    """Adds Med-SA adapters to a SAM, SAM 2 or SAM 3 tracker model (use through `peft.get_peft_model`).
+
+    Supported: `SamModel`, `SamHQModel`, `Sam2Model`, `Sam2VideoModel`, `Sam3TrackerModel`,
+    `Sam3TrackerVideoModel` (see `peft_medsa.families`).
 
     Example:
         ```py
@@ -42,39 +54,47 @@ class MedSAModel(BaseTuner):
 
     def __init__(self, model: nn.Module, config: Any, adapter_name: str, **kwargs: Any) -> None:
         self.slice_context = SliceContext()
+        self.family: SamFamily = family_of(model)
         super().__init__(model, config, adapter_name, **kwargs)
-        self._volume_hooks = [
-            self.model.register_forward_pre_hook(self._flatten_volume_and_check_prompts, with_kwargs=True),
-            self.model.register_forward_hook(self._reset_num_slices, always_call=True),
-            self.model.vision_encoder.register_forward_pre_hook(self._flatten_volume, with_kwargs=True),
-            self.model.vision_encoder.register_forward_hook(self._reset_num_slices, always_call=True),
-        ]
+        # transformers 5.24 leaves `supports_gradient_checkpointing` False on SAM 2 / SAM 3 tracker models, although
+        # their encoder blocks are GradientCheckpointingLayers; training Med-SA on them needs it as on SamModel.
+        self.model.supports_gradient_checkpointing = True
+        self._volume_hooks = []
+        if self.family.takes_volumes:
+            self._volume_hooks = [
+                self.model.register_forward_pre_hook(
+                    self._flatten_volume_and_check_prompts, with_kwargs=True
+                ),
+                self.model.register_forward_hook(self._reset_num_slices, always_call=True),
+                self.model.vision_encoder.register_forward_pre_hook(self._flatten_volume, with_kwargs=True),
+                self.model.vision_encoder.register_forward_hook(self._reset_num_slices, always_call=True),
+            ]
 
     # Injection -------------------------------------------------------------------------------------------------
 
-    def _pre_injection_hook(self, model: nn.Module, config: MedSAConfig, adapter_name: str) -> None:
-        """Refuse anything that is not a SAM-shaped model, and block indices it does not have."""
-        encoder_layers = getattr(getattr(model, "vision_encoder", None), "layers", None)
-        decoder = getattr(model, "mask_decoder", None)
-        if encoder_layers is None or decoder is None or not hasattr(decoder, "transformer"):
-            raise TypeError(
-                f"Med-SA adapts Segment Anything models (transformers' SamModel or SamHQModel); got "
-                f"{type(model).__name__}, which has no `vision_encoder.layers` and `mask_decoder.transformer`. "
-                "Load the model with `SamModel.from_pretrained(...)`."
-            )
-        missing = sorted(set(config.layers_to_transform or []) - set(range(len(encoder_layers))))
+    def _prepare_model(self, peft_config: MedSAConfig, model: nn.Module) -> None:
+        """Check the config against this model's family and point it at the family's blocks (every injection)."""
+        encoder_blocks = self.family.blocks(model)
+        missing = sorted(set(peft_config.layers_to_transform or []) - set(range(len(encoder_blocks))))
         if missing:
             raise MedSAValueError(
-                f"layers_to_transform={config.layers_to_transform} names blocks {missing}, but this image encoder "
-                f"has {len(encoder_layers)} blocks (0..{len(encoder_layers) - 1})."
+                f"layers_to_transform={peft_config.layers_to_transform} names blocks {missing}, but this image "
+                f"encoder has {len(encoder_blocks)} blocks (0..{len(encoder_blocks) - 1})."
             )
+        if peft_config.depth_attention and not self.family.takes_volumes:
+            raise MedSAValueError(
+                f"depth_attention=True (SD-Trans) needs SAM's ViT blocks; {type(model).__name__} is a "
+                f"{self.family.name} model, which takes a volume as a video through its memory "
+                "(peft_medsa.video.propagate). Set depth_attention=False."
+            )
+        peft_config.target_modules = self.family.target_regex(peft_config.decoder_adapters)
 
     @staticmethod
     def _check_target_module_exists(config: MedSAConfig, key: str) -> bool:
         if not check_target_module_exists(config, key):
             return False
         if config.layers_to_transform is not None and "vision_encoder." in key:
-            return int(key.rsplit(".", 1)[1]) in config.layers_to_transform
+            return _block_index(key) in config.layers_to_transform
         return True
 
     def _create_and_replace(
@@ -90,8 +110,12 @@ class MedSAModel(BaseTuner):
         if isinstance(target, MedSALayer):
             target.update_layer(adapter_name, peft_config)
             return
-        if "vision_encoder." in current_key:
+        if "vision_encoder." in current_key and self.family.attention is None:
             new_module = MedSAVisionLayer(target, adapter_name, peft_config, self.slice_context)
+        elif "vision_encoder." in current_key:
+            wrapper = MedSAMLPLayer if target_name == "mlp" else MedSAAttentionLayer
+            # The block's width after attention: its output width, also at a Hiera stage change.
+            new_module = wrapper(target, adapter_name, peft_config, parent.layer_norm2.normalized_shape[0])
         else:
             new_module = MedSADecoderLayer(target, adapter_name, peft_config, _num_output_tokens(self.model))
         if adapter_name not in self.active_adapters:
@@ -110,6 +134,7 @@ class MedSAModel(BaseTuner):
         cls, model: nn.Module, config: MedSAConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         state_dict = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        _check_adapter_family(model, state_dict)
         check_adapter_keys(model, adapter_name, state_dict)
         check_adapter_shapes(model, state_dict)
         return state_dict
@@ -272,8 +297,25 @@ def _describe_batch(pixel_values: torch.Tensor) -> str:
 
 
 def _num_output_tokens(model: nn.Module) -> int:
-    """How many output tokens (IoU, masks, SamHQ's HQ token) precede the prompt tokens in the decoder's queries."""
+    """How many output tokens (SAM 2's object score, IoU, masks, SamHQ's HQ token) precede the prompt tokens in the
+    decoder's queries."""
     decoder = model.mask_decoder
     tokens = decoder.iou_token.num_embeddings + decoder.mask_tokens.num_embeddings
-    hq_token = getattr(decoder, "hq_token", None)
-    return tokens + (hq_token.num_embeddings if hq_token is not None else 0)
+    extra = [getattr(decoder, name, None) for name in ("hq_token", "obj_score_token")]
+    return tokens + sum(token.num_embeddings for token in extra if token is not None)
+
+
+def _block_index(key: str) -> int:
+    """The image-encoder block a module belongs to: the first index in its name (`...layers.3`, `...blocks.3.attn`)."""
+    return next(int(part) for part in key.split(".") if part.isdigit())
+
+
+def _check_adapter_family(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Refuse an adapter saved from another SAM generation: its tensors would name modules this model lacks."""
+    saved, base = family_of_adapter(list(state_dict)), family_of_adapter(list(model.state_dict()))
+    if saved is not None and base is not None and saved != base:
+        raise MedSAValueError(
+            f"This Med-SA adapter was trained on a {saved.name} model ({saved.model_classes}), but the base model "
+            f"is a {base.name} model ({base.model_classes}): its adapters do not fit. Load it onto a {saved.name} "
+            "model of the checkpoint named by `base_model_name_or_path` in its adapter_config.json."
+        )

@@ -32,6 +32,12 @@ def test_parameter_counts():
         assert 0 < row["trainable"] <= row["sam_parameters"] and row["stored"] >= row["trainable"]
     full = next(r for r in record["methods"] if r["sam"] == "ViT-B" and r["method"] == "full fine-tuning")
     assert full["trainable"] == full["sam_parameters"] == 93_735_728
+    family = {(r["sam"], r["variant"]): r for r in record["family_variants"]}
+    assert {model for model, _ in family} == set(parameter_counts.FAMILY_MODELS)
+    # Hiera-T encoder-only, by hand: Space + MLP adapters (w -> w/4 -> w) in its 1, 2, 7, 2 blocks of width
+    # 96, 192, 384, 768.
+    by_hand = sum(n * 2 * (2 * w * (w // 4) + w // 4 + w) for n, w in [(1, 96), (2, 192), (7, 384), (2, 768)])
+    assert family["SAM 2.1 Hiera-T", "encoder-only"]["trainable"] == by_hand == 2_306_544
 
 
 @pytest.mark.slow

@@ -1,15 +1,12 @@
 """Saving and loading adapters: adapter-only safetensors, exact reload in a fresh process, clear refusals."""
 
 import copy
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
-from conftest import point_prompts, randomize_adapters, tiny_sam_config
+from conftest import masks_in_fresh_process, point_prompts, randomize_adapters, tiny_sam_config
 from peft import PeftModel, get_peft_model
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import SamModel
 
 from peft_medsa import MedSAConfig
@@ -49,26 +46,13 @@ def test_reload_in_a_fresh_process_is_exact(trained, sam_model, tmp_path):
     sam_model.save_pretrained(tmp_path / "base")
     trained.save_pretrained(tmp_path / "adapter")
     inputs = {"pixel_values": torch.randn(1, 3, 2, 64, 64), **point_prompts(2)}
-    save_file({k: v.contiguous() for k, v in inputs.items()}, tmp_path / "inputs.safetensors")
     # A loaded adapter is frozen (inference mode); torch's CPU kernels may differ in the last bit between frozen and
     # trainable weights (~1e-6), so compare like with like.
     trained.requires_grad_(False)
     with torch.no_grad():
         expected = trained(**inputs).pred_masks
-    script = textwrap.dedent(f"""
-        import torch, peft_medsa
-        from peft import PeftModel
-        from safetensors.torch import load_file, save_file
-        from transformers import SamModel
-        base = SamModel.from_pretrained({str(tmp_path / "base")!r})
-        model = PeftModel.from_pretrained(base, {str(tmp_path / "adapter")!r}).eval()
-        with torch.no_grad():
-            masks = model(**load_file({str(tmp_path / "inputs.safetensors")!r})).pred_masks
-        save_file({{"masks": masks.contiguous()}}, {str(tmp_path / "masks.safetensors")!r})
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert torch.equal(load_file(tmp_path / "masks.safetensors")["masks"], expected)
+    masks = masks_in_fresh_process("SamModel", tmp_path / "base", tmp_path / "adapter", inputs, tmp_path)
+    assert torch.equal(masks, expected)
 
 
 def test_load_adapter_under_another_name(trained, sam_model, tmp_path):
