@@ -51,6 +51,7 @@ from .data.readers import (
 )
 from .data.registry import IntensityPolicy
 from .errors import MedSAFileError, MedSAValueError
+from .mask_selection import predict_masks
 from .pretrained import load_adapter, load_sam
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -191,11 +192,13 @@ class Segmenter:
         encoder and mask decoder only, what a new click costs."""
         n = len(prompts)
         prompt_tensors = _prompt_tensors(prompts, embeddings.scale)
-        outputs = self.model(
-            image_embeddings=embeddings.tensor, **{k: v.to(self.device) for k, v in prompt_tensors.items()}
-        )
-        iou = outputs.iou_scores[:, 0].float().cpu()  # (n, 3)
-        best = iou.argmax(dim=-1)  # (n,)
+        inputs = {
+            "image_embeddings": embeddings.tensor,
+            **{k: v.to(self.device) for k, v in prompt_tensors.items()},
+        }
+        outputs = predict_masks(self.model, inputs)  # one mask or three: the rule training and evaluation use
+        iou = outputs.iou_scores[:, 0].float().cpu()  # (n, M)
+        best = iou.argmax(dim=-1)  # (n,): the only mask, or the one the IoU head ranks first (select_masks)
         logits = outputs.pred_masks[torch.arange(n), 0, best].float().cpu()  # (n, h, w)
         masks = self.preprocessor.image_processor.post_process_masks(  # unpad, resize to the input's size
             logits[:, None, None], [embeddings.original_size] * n, [embeddings.reshaped_size] * n
