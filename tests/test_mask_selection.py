@@ -9,7 +9,7 @@ from peft import get_peft_model
 from transformers import TrainingArguments
 
 from peft_medsa import MedSAConfig
-from peft_medsa.mask_selection import iou_head_ranks_masks, predict_masks, select_masks, use_multimask
+from peft_medsa.mask_selection import iou_head_ranks_masks, predict_masks, select_masks, training_choice
 from peft_medsa.training import MedSALoss, MedSATrainer, segmentation_loss
 
 ONE_CLICK = {
@@ -33,18 +33,21 @@ def adapted(sam_model):
     return paper, official
 
 
-@pytest.mark.parametrize(
-    ("prompt", "plain", "paper", "official"),
-    [(ONE_CLICK, True, False, True), (THREE_CLICKS, False, False, False), (BOX, False, False, False)],
-)
-def test_multimask_only_for_one_click_and_an_iou_head_that_ranks_the_masks(
-    sam_model, adapted, prompt, plain, paper, official
-):
+@pytest.mark.parametrize("prompt", [ONE_CLICK, THREE_CLICKS, BOX])
+def test_every_prompt_gets_three_masks_and_frozen_iou_heads_train_their_pick(sam_model, adapted, prompt):
     paper_model, official_model = adapted
-    assert [use_multimask(m, prompt.get("input_points"), prompt.get("input_boxes")) for m in
-            (sam_model, paper_model, official_model)] == [plain, paper, official]  # fmt: skip
-    assert not use_multimask(sam_model, ONE_CLICK["input_points"], BOX["input_boxes"])  # click + box
+    for model in (sam_model, paper_model, official_model):
+        assert (
+            predict_masks(model, {"pixel_values": torch.randn(1, 3, 64, 64), **prompt}).pred_masks.shape[2]
+            == 3
+        )
     assert (iou_head_ranks_masks(paper_model), iou_head_ranks_masks(official_model)) == (False, True)
+    assert [training_choice(m.train()) for m in (sam_model, paper_model, official_model)] == [
+        "lowest_loss",
+        "iou_ranked",
+        "lowest_loss",
+    ]
+    assert training_choice(official_model.eval()) == "iou_ranked"  # the evaluation loss scores the answer
 
 
 def test_train_and_eval_choose_the_same_mask_when_the_iou_head_disagrees_with_the_loss(adapted, tmp_path):
@@ -61,13 +64,15 @@ def test_train_and_eval_choose_the_same_mask_when_the_iou_head_disagrees_with_th
     per_mask = [segmentation_loss(three.pred_masks[:, :, [m]], labels, iou_weight=0.0) for m in range(3)]
     assert min(range(3), key=per_mask.__getitem__) == 0 and three.iou_scores[0, 0].argmax() == 2  # disagree
     trainer = MedSATrainer(
-        model=model, args=TrainingArguments(tmp_path, use_cpu=True, report_to=[]), loss_fn=MedSALoss()
+        model=model.train(), args=TrainingArguments(tmp_path, use_cpu=True, report_to=[]), loss_fn=MedSALoss()
     )
     with torch.no_grad():
-        _, trained = trainer.compute_loss(model, {**inputs, "labels": labels}, return_outputs=True)
-        evaluated = select_masks((lambda o: (o.iou_scores, o.pred_masks))(predict_masks(model, inputs)))
-    assert trained.pred_masks.shape[2] == 1  # one mask: nothing for the frozen IoU head to choose
-    assert torch.equal(trained.pred_masks[:, :, 0], evaluated)
+        loss = trainer.compute_loss(model, {**inputs, "labels": labels})
+        evaluated = select_masks(
+            (lambda o: (o.iou_scores, o.pred_masks))(predict_masks(model.eval(), inputs))
+        )
+    assert torch.equal(evaluated, three.pred_masks[:, :, 2])  # evaluation answers with the IoU head's pick...
+    assert loss.item() == pytest.approx(per_mask[2].item(), rel=1e-6)  # ...and training trained that mask
 
 
 def test_where_three_masks_are_output_the_iou_head_is_trained_by_default(adapted):

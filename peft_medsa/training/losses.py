@@ -1,11 +1,11 @@
 """Training loss for SamModel's mask logits: soft Dice + binary cross-entropy, with SAM's optional IoU-head loss.
 
-Med-SA trains with Dice + cross-entropy (paper, section 7 of the design notes). Two details come from SAM:
-with multimask output (M = 3 masks per prompt) only the mask with the lowest loss against the target is
-trained, and the IoU head is supervised with the mean-squared error between its predicted IoU and the real
-IoU of the thresholded chosen mask, so that at inference it picks the mask training would have picked. The
-IoU term applies only where the head chooses (M > 1): with single-mask output (boxes, several clicks; see
-`peft_medsa.mask_selection`) the loss is the paper's Dice + cross-entropy alone.
+Med-SA trains with Dice + cross-entropy (paper, section 7 of the design notes). With multimask output
+(M = 3 masks per prompt) one mask per prompt is trained, chosen as `peft_medsa.mask_selection` says:
+`choice="lowest_loss"` (SAM's recipe, where the IoU head is trained: the mask with the lowest loss, and the
+IoU head is supervised with the mean-squared error between its predicted IoU and the real IoU of that mask)
+or `choice="iou_ranked"` (where the IoU head is frozen: the mask it ranks first, the one evaluation uses; no
+IoU term, since nothing could learn from it).
 
 Use from a `Trainer.compute_loss`:
 
@@ -66,6 +66,7 @@ def segmentation_loss(
     bce_weight: float = 1.0,
     iou_weight: float = 1.0,
     smooth: float = 1.0,
+    choice: str = "lowest_loss",
 ) -> torch.Tensor:
     """Weighted soft Dice + BCE (+ IoU-head MSE) on the best of the M masks of each prompt, averaged over B·P.
 
@@ -75,12 +76,14 @@ def segmentation_loss(
         labels: `(B, P, H, W)` targets in [0, 1] (binary masks; soft values are accepted), or `(B, D, P, H, W)`
             for volumes, whose D slices run through SamModel as B*D images, volume-major.
         iou_scores: `(B, P, M)` predicted IoUs; required when `iou_weight > 0` and M > 1.
-        iou_weight: weight of the IoU-head loss, applied only with several masks per prompt (M > 1).
+        iou_weight: weight of the IoU-head loss, applied only with several masks per prompt (M > 1) and
+            `choice="lowest_loss"`.
+        choice: `"lowest_loss"` or `"iou_ranked"`: which of the M masks is trained (see the module docstring).
         smooth: Dice smoothing epsilon, `1 - (2·Σpt + ε) / (Σp + Σt + ε)`. With an empty target the Dice loss is
             `Σp / (Σp + ε)`: 0 for an empty prediction, approaching 1 as predicted mass grows.
 
-    The mask trained for each prompt is the one with the lowest Dice + BCE loss; the choice is not
-    differentiated, so gradients reach only that mask (and only its IoU score). The IoU-head target is the IoU
+    The mask trained for each prompt is the one with the lowest Dice + BCE loss (or the IoU head's first); the
+    choice is not differentiated, so gradients reach only that mask (and only its IoU score). The IoU-head target is the IoU
     of the chosen mask thresholded at logit 0 with the target thresholded at 0.5 (1 when both are empty).
     """
     labels = _check_shapes(pred_masks, labels, iou_scores)
@@ -89,9 +92,14 @@ def segmentation_loss(
             f"labels must lie in [0, 1], got values in [{labels.min().item()}, {labels.max().item()}]; "
             "padding values such as -100 must be removed before the loss"
         )
-    supervise_iou = iou_weight > 0 and pred_masks.shape[2] > 1  # the head only matters where it chooses
-    if supervise_iou and iou_scores is None:
-        raise ValueError("iou_weight > 0 with several masks per prompt needs iou_scores (B, P, M)")
+    if choice not in ("lowest_loss", "iou_ranked"):
+        raise ValueError(f"choice must be 'lowest_loss' or 'iou_ranked', got {choice!r}")
+    ranked = choice == "iou_ranked" and pred_masks.shape[2] > 1
+    supervise_iou = (
+        iou_weight > 0 and pred_masks.shape[2] > 1 and not ranked
+    )  # the head matters where it chooses
+    if (supervise_iou or ranked) and iou_scores is None:
+        raise ValueError(f"choice={choice!r} with several masks per prompt needs iou_scores (B, P, M)")
 
     logits = resize_mask_logits(pred_masks, tuple(labels.shape[-2:])).float()  # (B, P, M, H, W)
     target = labels.float().unsqueeze(2).expand_as(logits)  # (B, P, 1, H, W) -> (B, P, M, H, W)
@@ -102,7 +110,8 @@ def segmentation_loss(
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(-2, -1))
     per_mask = dice_weight * dice + bce_weight * bce  # (B, P, M)
 
-    best = per_mask.detach().argmin(dim=-1, keepdim=True)  # (B, P, 1)
+    ranking = iou_scores.detach().float() if ranked else -per_mask.detach()
+    best = ranking.argmax(dim=-1, keepdim=True)  # (B, P, 1)
     loss = per_mask.gather(-1, best).squeeze(-1)  # (B, P)
 
     if supervise_iou:
@@ -137,7 +146,11 @@ class MedSALoss(nn.Module):
         self.smooth = smooth
 
     def forward(
-        self, pred_masks: torch.Tensor, labels: torch.Tensor, iou_scores: torch.Tensor | None = None
+        self,
+        pred_masks: torch.Tensor,
+        labels: torch.Tensor,
+        iou_scores: torch.Tensor | None = None,
+        choice: str = "lowest_loss",
     ) -> torch.Tensor:
         return segmentation_loss(
             pred_masks,
@@ -147,6 +160,7 @@ class MedSALoss(nn.Module):
             bce_weight=self.bce_weight,
             iou_weight=self.iou_weight,
             smooth=self.smooth,
+            choice=choice,
         )
 
     def extra_repr(self) -> str:

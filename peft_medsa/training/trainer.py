@@ -11,7 +11,7 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, rotate_checkpoints
 
-from ..mask_selection import predict_masks, select_masks
+from ..mask_selection import predict_masks, select_masks, training_choice
 from .iterative import corrective_inputs
 from .losses import MedSALoss
 
@@ -114,8 +114,9 @@ class MedSATrainer(Trainer):
     ):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
-        outputs = predict_masks(model, inputs)  # single or multimask output: see peft_medsa.mask_selection
-        loss = self.loss_fn(outputs.pred_masks, labels, outputs.iou_scores)
+        choice = training_choice(model)  # which of the 3 masks is trained: see peft_medsa.mask_selection
+        outputs = predict_masks(model, inputs)
+        loss = self.loss_fn(outputs.pred_masks, labels, outputs.iou_scores, choice)
         if self.corrective_clicks and model.training:
             losses = [loss]
             for round_index in range(1, self.corrective_clicks + 1):
@@ -123,7 +124,7 @@ class MedSATrainer(Trainer):
                 previous = select_masks((outputs.iou_scores, outputs.pred_masks))
                 inputs = corrective_inputs(inputs, previous, labels, rng)
                 outputs = predict_masks(model, inputs)
-                losses.append(self.loss_fn(outputs.pred_masks, labels, outputs.iou_scores))
+                losses.append(self.loss_fn(outputs.pred_masks, labels, outputs.iou_scores, choice))
             loss = torch.stack(losses).mean()
         if return_outputs and labels.ndim == 5:
             # Volumes: the model answers per slice (B*D, P, ...); evaluation gathers and truncates along the batch
