@@ -77,8 +77,11 @@ def masks_in_fresh_process(
     """`pred_masks` of `PeftModel.from_pretrained(<model_class>.from_pretrained(base), adapter)` on `inputs`, computed
     in a new Python process: loading must work from the saved files alone."""
     save_file({k: v.contiguous() for k, v in inputs.items()}, folder / "inputs.safetensors")
+    # The child uses this process's thread count: another test (e.g. a benchmark) may have changed it here, and a
+    # different count changes the summation order of CPU kernels, hence the last bit of the masks.
     script = textwrap.dedent(f"""
         import torch, peft_medsa
+        torch.set_num_threads({torch.get_num_threads()})
         from peft import PeftModel
         from safetensors.torch import load_file, save_file
         from transformers import {model_class} as Model
