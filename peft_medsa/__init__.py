@@ -1,16 +1,32 @@
 """peft-medsa: the Medical SAM Adapter (Med-SA) as a Hugging Face PEFT method.
 
 Importing this package registers the method with peft, so that `get_peft_model(sam, MedSAConfig())`,
-`PeftModel.from_pretrained`, `PeftConfig.from_pretrained`, `add_adapter` and `load_adapter` work with it.
+`PeftModel.from_pretrained`, `PeftConfig.from_pretrained`, transformers' `SamModel.from_pretrained(adapter)` and
+`load_adapter` work with it. The public names load on first use, so that importing the package (and the
+`medsa` command line) stays fast; the registration happens as soon as peft is loaded (`registration.py`).
 """
 
-from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+from __future__ import annotations
 
-from .config import MEDSA_PEFT_TYPE, PRESETS, MedSAConfig
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import MedSAError, MedSAFileError, MedSAFileNotFoundError, MedSAValueError
-from .model import MedSAModel
+from .registration import register_when_ready
+
+if TYPE_CHECKING:
+    from .config import MEDSA_PEFT_TYPE, PRESETS, MedSAConfig, MedSAPeftType
+    from .model import MedSAModel
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "MEDSA_PEFT_TYPE": "config",
+    "PRESETS": "config",
+    "MedSAConfig": "config",
+    "MedSAPeftType": "config",
+    "MedSAModel": "model",
+}
 __all__ = [
     "MEDSA_PEFT_TYPE",
     "PRESETS",
@@ -19,16 +35,16 @@ __all__ = [
     "MedSAFileError",
     "MedSAFileNotFoundError",
     "MedSAModel",
+    "MedSAPeftType",
     "MedSAValueError",
     "__version__",
 ]
 
 
-def _register_with_peft() -> None:
-    """What `peft.utils.register_peft_method` does, keyed by a plain string (peft's enum has no MEDSA member)."""
-    PEFT_TYPE_TO_CONFIG_MAPPING[MEDSA_PEFT_TYPE] = MedSAConfig
-    PEFT_TYPE_TO_TUNER_MAPPING[MEDSA_PEFT_TYPE] = MedSAModel
-    PEFT_TYPE_TO_PREFIX_MAPPING[MEDSA_PEFT_TYPE] = MedSAModel.prefix
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_register_with_peft()
+register_when_ready()

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Literal
 
 from peft.config import PeftConfig
 
 from .adapter_files import check_adapter_file
 
-# The method's name in peft's registries. It is a plain string, not a `peft.PeftType` member: peft keys its
-# mappings by the string value, so an out-of-tree method needs no change to peft's enum.
-MEDSA_PEFT_TYPE = "MEDSA"
+
+
+class MedSAPeftType(str, Enum):
+    """The method's name in peft's registries.
+
+    A `str` Enum like `peft.PeftType` (which an out-of-tree method cannot extend): peft keys its mappings by the
+    string value, transformers' PEFT integration reads `peft_type.value`, and the member saves as `"MEDSA"`.
+    """
+
+    MEDSA = "MEDSA"
+
+
+MEDSA_PEFT_TYPE = MedSAPeftType.MEDSA
 
 ACTIVATIONS = ("gelu", "relu")
 INIT_WEIGHTS = ("identity", "linear-default")
