@@ -145,13 +145,7 @@ def _train(argv: list[str]) -> None:
 
     if argv in (["--help"], ["-h"]):
         parse_arguments(["--help"])
-    model_args, task_args, medsa_args, training_args = parse_arguments(argv)
-    adapter = Path(training_args.output_dir) / "adapter_model.safetensors"
-    if adapter.exists() and not training_args.resume_from_checkpoint:
-        raise UsageError(
-            f"{training_args.output_dir} already holds an adapter; choose another --output_dir, or resume with --resume_from_checkpoint."
-        )
-    print(json.dumps(train(model_args, task_args, medsa_args, training_args), indent=2))
+    print(json.dumps(train(*parse_arguments(argv)), indent=2))
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -11,7 +11,6 @@ from peft.config import PeftConfig
 from .adapter_files import check_adapter_file
 
 
-
 class MedSAPeftType(str, Enum):
     """The method's name in peft's registries.
 

@@ -42,7 +42,11 @@ def _try_register() -> bool:
     if "peft" not in sys.modules or _loading:
         return False
     # peft is loaded: importing the rest is cheap (torch and transformers came with it).
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+    from peft.mapping import (
+        PEFT_TYPE_TO_CONFIG_MAPPING,
+        PEFT_TYPE_TO_PREFIX_MAPPING,
+        PEFT_TYPE_TO_TUNER_MAPPING,
+    )
 
     config = importlib.import_module("peft_medsa.config")
     model = importlib.import_module("peft_medsa.model")
@@ -50,6 +54,7 @@ def _try_register() -> bool:
     PEFT_TYPE_TO_CONFIG_MAPPING[config.MEDSA_PEFT_TYPE] = config.MedSAConfig
     PEFT_TYPE_TO_TUNER_MAPPING[config.MEDSA_PEFT_TYPE] = model.MedSAModel
     PEFT_TYPE_TO_PREFIX_MAPPING[config.MEDSA_PEFT_TYPE] = model.MedSAModel.prefix
+    importlib.import_module("peft_medsa.hub").use_medsa_card_in_peft()
     return True
 
 

@@ -1,7 +1,6 @@
 """Med-SA as a peft method: every loader of peft and transformers finds it after `import peft_medsa`, in any
 import order, and importing the package alone stays light (no torch) for the command line."""
 
-import copy
 import json
 import subprocess
 import sys
@@ -12,7 +11,6 @@ from conftest import point_prompts, randomize_adapters, tiny_sam_config
 from peft import AutoPeftModel, PeftConfig, PeftModel, get_peft_model
 from transformers import SamModel
 
-import peft_medsa
 from peft_medsa import MedSAConfig, MedSAPeftType
 
 
@@ -75,7 +73,9 @@ def test_an_adapter_folder_written_with_a_plain_string_type_loads(saved, tmp_pat
     config = json.loads((root / "adapter" / "adapter_config.json").read_text())
     config["peft_type"] = "MEDSA"
     (old / "adapter_config.json").write_text(json.dumps(config))
-    (old / "adapter_model.safetensors").write_bytes((root / "adapter" / "adapter_model.safetensors").read_bytes())
+    (old / "adapter_model.safetensors").write_bytes(
+        (root / "adapter" / "adapter_model.safetensors").read_bytes()
+    )
     assert PeftConfig.from_pretrained(old).peft_type is MedSAPeftType.MEDSA
     loaded = PeftModel.from_pretrained(SamModel.from_pretrained(root / "base"), old)
     torch.testing.assert_close(_masks(loaded, inputs), expected, atol=0, rtol=0)
@@ -100,5 +100,3 @@ def test_registration_in_any_import_order(code):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "MedSAConfig"
-
-
