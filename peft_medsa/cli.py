@@ -1,4 +1,7 @@
-"""The `medsa` command line: `medsa train`, `medsa eval` and `medsa predict`.
+"""The `medsa` command line: `medsa train`, `eval`, `predict`, `push` and `tasks`.
+
+Only the chosen command imports torch, transformers and peft, so `medsa --help` answers at once
+(`benchmarks/cli_startup.py` measures it).
 
 Errors a user can fix (a missing file, a prompt outside the image, an adapter for another base) end with one
 line on stderr and exit status 2, never a traceback; nothing that exists is overwritten without --overwrite.
@@ -13,6 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from . import __version__
 from .errors import MedSAFileNotFoundError, MedSAValueError
 
 EPILOG = (
@@ -38,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medsa", description="Med-SA: adapt Segment Anything to medical images with peft.", epilog=EPILOG
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser(
         "train", help="train an adapter (Trainer arguments, or one JSON/YAML file)", add_help=False
@@ -108,6 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overlay", type=Path, help="overlay PNG (default: OUTPUT with .overlay.png)")
     predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
     predict.set_defaults(handler=_predict)
+
+    push = commands.add_parser(
+        "push",
+        help="publish a trained adapter folder to the Hugging Face Hub",
+        description="Upload the adapter, its adapter_config.json, the Med-SA card (README.md) and the metrics "
+        "(*_results.json) of ADAPTER_DIR; never a pickle or a checkpoint. Needs `hf auth login` or HF_TOKEN.",
+    )
+    push.add_argument("adapter_dir", type=Path, help="folder written by `medsa train` (or save_pretrained)")
+    push.add_argument("repo_id", help="Hub repository, e.g. your-name/medsa-busi (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repository as private")
+    push.add_argument("--revision", help="branch to push to")
+    push.add_argument("--token", help="Hub token (default: the logged-in one, or HF_TOKEN)")
+    push.set_defaults(handler=_push)
+
+    tasks = commands.add_parser(
+        "tasks", help="list the registered tasks with their source, license and state"
+    )
+    tasks.set_defaults(handler=_tasks)
     return parser
 
 
@@ -115,8 +138,7 @@ def _run(command) -> int:
     from safetensors import SafetensorError
     from transformers.utils import logging
 
-    logging.set_verbosity_error()  # keep stderr for what went wrong; the Trainer's progress stays
-    logging.disable_progress_bar()  # per-file bars of weight loading
+    logging.set_verbosity_error()  # keep stderr for what went wrong; progress bars (downloads, Trainer) stay
     try:
         with (
             warnings.catch_warnings()
@@ -190,6 +212,33 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(text)
     if args.output:
         args.output.write_text(text)
+
+
+def _push(args: argparse.Namespace) -> None:
+    from .hub import push_adapter_folder
+
+    if not args.adapter_dir.is_dir():
+        raise MedSAFileNotFoundError(
+            f"No adapter folder at {args.adapter_dir}: pass the --output_dir of `medsa train`."
+        )
+    url = push_adapter_folder(
+        args.adapter_dir, args.repo_id, token=args.token, private=args.private or None, revision=args.revision
+    )
+    print(f"pushed {args.adapter_dir} to {args.repo_id}: {url}")
+
+
+def _tasks(args: argparse.Namespace) -> None:
+    from .data.registry import get_task, list_tasks
+
+    rows = [("task", "format", "source", "verified", "license")]
+    for name in list_tasks():
+        spec = get_task(name)
+        rows.append((name, spec.format, spec.source_name(), "yes" if spec.verified else "no", spec.license))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]  # the license, last, is not padded
+    for *cells, license in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)) + "  " + license
+        )
 
 
 def _predict(args: argparse.Namespace) -> None:
