@@ -239,6 +239,6 @@ def test_push_without_a_token_stops_before_training(base, tmp_path, monkeypatch)
     FakeHub(monkeypatch)
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setattr("peft_medsa.hub.get_token", lambda: None)
-    with pytest.raises(MedSAError, match="no token. Log in with `hf auth login`"):
+    with pytest.raises(MedSAError, match=r"no token\. Log in with `hf auth login`"):
         train(*parse_arguments(arguments(base, tmp_path / "run", "--push_to_hub")))
     assert not (tmp_path / "run").exists()  # nothing was trained, nothing half-written
