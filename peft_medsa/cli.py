@@ -135,10 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(command) -> int:
+    from huggingface_hub.utils import enable_progress_bars
     from safetensors import SafetensorError
     from transformers.utils import logging
 
-    logging.set_verbosity_error()  # keep stderr for what went wrong; progress bars (downloads, Trainer) stay
+    logging.set_verbosity_error()  # keep stderr for what went wrong
+    logging.disable_progress_bar()  # transformers' per-file bars of weight loading (this also mutes the Hub's)
+    enable_progress_bars()  # ...but a multi-GB SAM download shows its progress
     try:
         with (
             warnings.catch_warnings()

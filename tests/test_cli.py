@@ -258,3 +258,16 @@ def test_push_sends_the_adapter_folder_and_reports_a_missing_token_in_one_line(
     assert (
         error.startswith("medsa: error: Cannot push to the Hugging Face Hub: no token") and "\n" not in error
     )
+
+
+def test_hub_download_bars_stay_on_and_weight_loading_bars_off():
+    import huggingface_hub.utils
+    from transformers.utils import logging
+
+    huggingface_hub.utils.disable_progress_bars()
+    try:
+        assert run("tasks") == 0
+        assert not huggingface_hub.utils.are_progress_bars_disabled()
+        assert not logging.is_progress_bar_enabled()
+    finally:
+        logging.enable_progress_bar()
