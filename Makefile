@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean
+.PHONY: demo test packaging install clean
 
 $(BIN)/activate: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(BIN)/activate
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2 -q
+
+# The wheel in a fresh environment, used from outside the checkout: a manual check (not part of .ci/run).
+packaging: $(BIN)/activate
+	PYTHON=$(BIN)/python .ci/packaging
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -8,6 +8,8 @@ Single process:
 Several GPUs (or processes) through accelerate, e.g. with a config of examples/accelerate/:
     accelerate launch --config_file examples/accelerate/multi_gpu.yaml examples/train_medsa.py ...
 A JSON or YAML file with the same keys may replace the flags: python examples/train_medsa.py config.yaml
+Rerunning a killed command resumes from the last checkpoint in --output_dir. With --push_to_hub (and
+--hub_model_id NAME) the kept adapter, its Med-SA card and the metrics are published once, at the end.
 """
 
 from peft_medsa.training.arguments import parse_arguments

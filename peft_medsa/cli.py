@@ -1,4 +1,7 @@
-"""The `medsa` command line: `medsa train`, `medsa eval`, `medsa predict` and `medsa app`.
+"""The `medsa` command line: `medsa train`, `eval`, `predict`, `app`, `push` and `tasks`.
+
+Only the chosen command imports torch, transformers and peft, so `medsa --help` answers at once
+(`benchmarks/cli_startup.py` measures it).
 
 Errors a user can fix (a missing file, a prompt outside the image, an adapter for another base) end with one
 line on stderr and exit status 2, never a traceback; nothing that exists is overwritten without --overwrite.
@@ -13,6 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from . import __version__
 from .errors import MedSAError, MedSAFileNotFoundError, MedSAValueError
 
 EPILOG = (
@@ -34,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medsa", description="Med-SA: adapt Segment Anything to medical images with peft.", epilog=EPILOG
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser(
         "train", help="train an adapter (Trainer arguments, or one JSON/YAML file)", add_help=False
@@ -130,6 +135,24 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--port", type=int, help="port (default: gradio's, 7860 or the next free one)")
     app.add_argument("--max-upload-mb", type=float, default=200, help="largest accepted upload, in MB")
     app.set_defaults(handler=_app)
+
+    push = commands.add_parser(
+        "push",
+        help="publish a trained adapter folder to the Hugging Face Hub",
+        description="Upload the adapter, its adapter_config.json, the Med-SA card (README.md) and the metrics "
+        "(*_results.json) of ADAPTER_DIR; never a pickle or a checkpoint. Needs `hf auth login` or HF_TOKEN.",
+    )
+    push.add_argument("adapter_dir", type=Path, help="folder written by `medsa train` (or save_pretrained)")
+    push.add_argument("repo_id", help="Hub repository, e.g. your-name/medsa-busi (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repository as private")
+    push.add_argument("--revision", help="branch to push to")
+    push.add_argument("--token", help="Hub token (default: the logged-in one, or HF_TOKEN)")
+    push.set_defaults(handler=_push)
+
+    tasks = commands.add_parser(
+        "tasks", help="list the registered tasks with their source, license and state"
+    )
+    tasks.set_defaults(handler=_tasks)
     return parser
 
 
@@ -139,10 +162,12 @@ def _run(command) -> int:
     Anything else is a bug and keeps its traceback: library errors that can only mean a user mistake are
     translated into `MedSAError` where they occur, with the file or id they concern.
     """
+    from huggingface_hub.utils import enable_progress_bars
     from transformers.utils import logging
 
-    logging.set_verbosity_error()  # keep stderr for what went wrong; the Trainer's progress stays
-    logging.disable_progress_bar()  # per-file bars of weight loading
+    logging.set_verbosity_error()  # keep stderr for what went wrong
+    logging.disable_progress_bar()  # transformers' per-file bars of weight loading (this also mutes the Hub's)
+    enable_progress_bars()  # ...but a multi-GB SAM download shows its progress
     try:
         with (
             warnings.catch_warnings()
@@ -171,13 +196,7 @@ def _train(argv: list[str]) -> None:
 
     if argv in (["--help"], ["-h"]):
         parse_arguments(["--help"])
-    model_args, task_args, medsa_args, training_args = parse_arguments(argv)
-    adapter = Path(training_args.output_dir) / "adapter_model.safetensors"
-    if adapter.exists() and not training_args.resume_from_checkpoint:
-        raise MedSAValueError(
-            f"{training_args.output_dir} already holds an adapter; choose another --output_dir, or resume with --resume_from_checkpoint."
-        )
-    print(json.dumps(train(model_args, task_args, medsa_args, training_args), indent=2))
+    print(json.dumps(train(*parse_arguments(argv)), indent=2))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -201,6 +220,33 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(report.to_json())
     if args.output:
         report.save(args.output)
+
+
+def _push(args: argparse.Namespace) -> None:
+    from .hub import push_adapter_folder
+
+    if not args.adapter_dir.is_dir():
+        raise MedSAFileNotFoundError(
+            f"No adapter folder at {args.adapter_dir}: pass the --output_dir of `medsa train`."
+        )
+    url = push_adapter_folder(
+        args.adapter_dir, args.repo_id, token=args.token, private=args.private or None, revision=args.revision
+    )
+    print(f"pushed {args.adapter_dir} to {args.repo_id}: {url}")
+
+
+def _tasks(args: argparse.Namespace) -> None:
+    from .data.registry import get_task, list_tasks
+
+    rows = [("task", "format", "source", "verified", "license")]
+    for name in list_tasks():
+        spec = get_task(name)
+        rows.append((name, spec.format, spec.source_name(), "yes" if spec.verified else "no", spec.license))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]  # the license, last, is not padded
+    for *cells, license in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)) + "  " + license
+        )
 
 
 def _predict(args: argparse.Namespace) -> None:

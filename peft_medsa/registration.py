@@ -54,6 +54,7 @@ def _try_register() -> bool:
     PEFT_TYPE_TO_CONFIG_MAPPING[config.MEDSA_PEFT_TYPE] = config.MedSAConfig
     PEFT_TYPE_TO_TUNER_MAPPING[config.MEDSA_PEFT_TYPE] = model.MedSAModel
     PEFT_TYPE_TO_PREFIX_MAPPING[config.MEDSA_PEFT_TYPE] = model.MedSAModel.prefix
+    importlib.import_module("peft_medsa.hub").use_medsa_card_in_peft()
     return True
 
 

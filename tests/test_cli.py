@@ -15,6 +15,7 @@ from peft import get_peft_model
 from PIL import Image
 from transformers import SamModel
 
+import peft_medsa
 from peft_medsa import MedSAConfig
 from peft_medsa.cli import main
 
@@ -272,3 +273,55 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr("peft_medsa.cli._predict", broken)
     with pytest.raises(KeyError, match="a genuine bug"):
         run("predict", "x.png", "--model", "m", "--point", 1, 1, "--output", "o.png")
+
+
+def test_version_and_the_task_list(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run("--version")
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"medsa {peft_medsa.__version__}"
+    assert run("tasks") == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert {"acdc", "btcv", "demo-2d", "isic2018", "kvasir-seg"} <= rows.keys()
+    assert re.search(r"mathpluscode/ACDC\s+yes\s+CC BY-NC-SA 4\.0", rows["acdc"])
+    assert re.search(r"MedOtter/msd-spleen\s+no\s+CC BY-SA 4\.0", rows["msd-spleen"])
+
+
+def test_help_imports_no_torch():
+    """What keeps `medsa --help` fast (benchmarks/cli_startup.py measures it): nothing heavy before a command."""
+    code = "import sys; from peft_medsa.cli import main\ntry:\n    main(['predict', '--help'])\nexcept SystemExit:\n"
+    code += "    print(sorted(m for m in ('torch', 'transformers', 'peft', 'datasets') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr[-2000:]
+
+
+def test_push_sends_the_adapter_folder_and_reports_a_missing_token_in_one_line(
+    checkpoints, capsys, monkeypatch
+):
+    from test_hub import FakeHub
+
+    hub = FakeHub(monkeypatch)
+    assert run("push", checkpoints / "adapter", "someone/medsa-x", "--private") == 0
+    assert "pushed" in capsys.readouterr().out
+    (commit,) = hub.commits
+    assert sorted(commit["files"]) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert hub.repos == [("someone/medsa-x", {"private": True, "exist_ok": True})]
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr("peft_medsa.hub.get_token", lambda: None)
+    assert run("push", checkpoints / "adapter", "someone/medsa-x") == 2
+    error = capsys.readouterr().err.strip()
+    assert (
+        error.startswith("medsa: error: Cannot push to the Hugging Face Hub: no token") and "\n" not in error
+    )
+
+
+def test_hub_download_bars_stay_on_and_weight_loading_bars_off():
+    import huggingface_hub.utils
+    from transformers.utils import logging
+
+    huggingface_hub.utils.disable_progress_bars()
+    try:
+        assert run("tasks") == 0
+        assert not huggingface_hub.utils.are_progress_bars_disabled()
+        assert not logging.is_progress_bar_enabled()
+    finally:
+        logging.enable_progress_bar()

@@ -12,7 +12,8 @@ from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
 from transformers import SamImageProcessorPil, SamProcessor
 
-from peft_medsa.data import load_task
+from peft_medsa.data import TaskSpec, load_task
+from peft_medsa.data.loading import hash_split
 
 IMAGE_SIZE, PATCH = 64, 8  # mask decoder resolution 4 * 64 // 8 = 32
 
@@ -163,7 +164,7 @@ def test_offline_hub_tasks_name_the_dataset_and_the_local_route():
     for line, task, repo in zip(
         lines,
         ("busi", "btcv", "msd-spleen"),
-        ("MedOtter/BUSI", "Angelou0516/btcv", "YongchengYAO/MSD-Lite"),
+        ("MedOtter/BUSI", "Angelou0516/btcv", "MedOtter/msd-spleen"),
         strict=False,
     ):
         assert f"Hub dataset '{repo}'" in line and "HF_HUB_OFFLINE=1" in line
@@ -201,3 +202,25 @@ def test_hub_tasks_fail_fast_without_network(monkeypatch):
         with pytest.raises(MedSAConnectionError, match=rf"Task '{task}' reads the Hub dataset '{repo}', which "
                            r"cannot be reached \(\w+\).*data_dir=DIR"):  # fmt: skip
             load_task(task)
+
+
+def test_a_train_only_source_is_split_by_a_stable_hash_of_the_case_id(tmp_path, two_class_image):
+    image, mask = two_class_image
+    write_hub_parquet(tmp_path, [image] * 20, [mask] * 20)  # case0 ... case19, one `train` split
+    fractions = {"train": 0.6, "validation": 0.2, "test": 0.2}
+    task = spec(
+        tmp_path, splits=dict.fromkeys(fractions, "train"), split_by_hash=True, split_fractions=fractions
+    )
+    seen = {
+        split: {e["case_id"] for e in load_task(task, split=split, image_size=IMAGE_SIZE, patch_size=PATCH)}
+        for split in fractions
+    }
+    every = {f"case{i}" for i in range(20)}
+    assert set().union(*seen.values()) == every and sum(map(len, seen.values())) == 20  # a partition
+    assert all(seen[split] == {c for c in every if hash_split(c, fractions) == split} for split in fractions)
+    assert all(seen.values())  # 20 cases: every split gets some
+
+
+def test_hash_split_specs_must_name_the_fractions_of_their_splits():
+    with pytest.raises(ValueError, match="split_by_hash needs `split_fractions` for exactly the splits"):
+        TaskSpec.from_dict(spec("/x", splits={"train": "train", "test": "train"}, split_by_hash=True))

@@ -8,14 +8,18 @@ import yaml
 from peft_medsa import MedSAValueError
 from peft_medsa.data import IntensityPolicy, TaskSpec, get_task, list_tasks, register_task
 
+# Hub task -> (repository, whether a dataset card / viewer / file tree confirmed its layout column by column).
 HUB_TASKS = {
-    "breast-ultrasound": "nielsr/breast-cancer",
-    "busi": "MedOtter/BUSI",
-    "kvasir-seg": "kowndinya23/Kvasir-SEG",
-    "isic2016": "MedOtter/ISIC2016",
-    "btcv": "Angelou0516/btcv",
-    "msd-spleen": "YongchengYAO/MSD-Lite",
-    "acdc": "YongchengYAO/ACDC",
+    "breast-ultrasound": ("nielsr/breast-cancer", True),
+    "busi": ("MedOtter/BUSI", False),
+    "kvasir-seg": ("kowndinya23/Kvasir-SEG", True),
+    "isic2016": ("MedOtter/ISIC2016", False),
+    "isic2017": ("MedOtter/ISIC2017", False),
+    "isic2018": ("surajbijjahalli/ISIC2018", True),
+    "btcv": ("Angelou0516/btcv", True),
+    "msd-spleen": ("MedOtter/msd-spleen", False),
+    "acdc": ("mathpluscode/ACDC", True),
+    "brats": ("rocky93/BraTS_segmentation", True),
 }
 
 
@@ -23,15 +27,29 @@ def minimal(**overrides):
     return {"name": "user-task", "format": "parquet", "path": "/data/x", "labels": {1: "tumour"}, **overrides}
 
 
-def test_shipped_hub_tasks_point_at_their_repos_and_are_marked_unverified():
-    for name, repo in HUB_TASKS.items():
+def test_shipped_hub_tasks_name_their_repo_license_and_the_page_checked():
+    for name, (repo, verified) in HUB_TASKS.items():
         spec = get_task(name)
-        assert spec.repo_id == repo
-        assert spec.verified is False  # no Hub access where these were written
+        assert (spec.repo_id, spec.verified) == (repo, verified), name
+        assert spec.verified_from.startswith(f"https://huggingface.co/datasets/{repo}"), name
+        assert spec.license and "see the dataset card" not in spec.license, name
+    assert get_task("acdc").license.startswith("CC BY-NC-SA")
     assert get_task("btcv").labels[6] == "liver" and len(get_task("btcv").labels) == 13
     assert get_task("btcv").intensity == IntensityPolicy("window", level=40, width=400)
     assert get_task("acdc").intensity.kind == "percentile"
     assert {"demo-2d", "demo-3d"} <= set(list_tasks())
+
+
+def test_train_only_hub_tasks_draw_their_splits_by_hash():
+    # btcv's index rows hold the organ names under `label` and the mask path under `mask`.
+    btcv = get_task("btcv")
+    assert (btcv.image_column, btcv.mask_column, btcv.case_id_column) == ("image", "mask", "patient_id")
+    for name in ("breast-ultrasound", "busi", "btcv", "msd-spleen"):
+        spec = get_task(name)
+        assert spec.split_by_hash and set(spec.splits.values()) == {"train"}, name
+        assert set(spec.splits) == set(spec.split_fractions) == {"train", "validation", "test"}, name
+    assert get_task("kvasir-seg").splits == {"train": "train", "validation": "validation"}
+    assert get_task("kvasir-seg").case_id_column == "name"
 
 
 def test_register_from_dict_yaml_and_json(tmp_path):

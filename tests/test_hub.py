@@ -1,14 +1,19 @@
-"""Publishing: a card rendered from a real (tiny) training run, parsed back, and the upload up to the HTTP call."""
+"""Publishing: a card rendered from a real (tiny) training run, parsed back, and uploads with the Hub mocked at
+the `HfApi` boundary (the commit operations that would be sent)."""
 
+import json
+import math
+
+import huggingface_hub.hf_api
 import pytest
 import torch
-from huggingface_hub import HfApi, ModelCard
+from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl, constants, metadata_load
+from huggingface_hub.repocard_data import model_index_to_eval_results
 from peft import get_peft_model
-from safetensors.torch import load_file
 from transformers import SamModel, TrainingArguments
 
-from peft_medsa import MedSAConfig
-from peft_medsa.hub import ADAPTER_FILES, build_model_card, push_adapter_folder, save_adapter_with_card
+from peft_medsa import MedSAConfig, MedSAConnectionError, MedSAError, MedSAValueError
+from peft_medsa.hub import build_model_card, push_adapter_folder, save_adapter_with_card
 from peft_medsa.training import MedSATrainer, make_compute_metrics
 
 
@@ -54,74 +59,178 @@ def trained_run(sam_model, tmp_path):
     return model, trainer.evaluate(), args, base_dir
 
 
-def test_card_from_a_training_run_parses(trained_run, tmp_path):
-    model, metrics, args, base_dir = trained_run
-    results = {
+class FakeHub:
+    """`HfApi.create_repo` / `create_commit` replaced: records the repository and the files of each commit."""
+
+    def __init__(self, monkeypatch, fail: Exception | None = None):
+        self.repos, self.commits, self.fail = [], [], fail
+        monkeypatch.setattr(huggingface_hub.hf_api, "is_xet_available", lambda: False)  # one create_commit
+        monkeypatch.setattr(HfApi, "create_repo", self.create_repo)
+        monkeypatch.setattr(HfApi, "create_commit", self.create_commit)
+        monkeypatch.setattr(HfApi, "_validate_yaml", lambda *args, **kwargs: None)  # the Hub's card linter
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+
+    def create_repo(self, repo_id, **kwargs):
+        if self.fail:
+            raise self.fail
+        self.repos.append((repo_id, kwargs))
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        files = {}
+        for operation in operations:
+            with operation.as_file() as handle:
+                files[operation.path_in_repo] = handle.read()
+        self.commits.append({"repo_id": repo_id, "files": files, **kwargs})
+        return CommitInfo(f"https://huggingface.co/{repo_id}/commit/abc", "m", "", "abc")
+
+
+def quality(metrics):
+    return {
         k.removeprefix("eval_"): v
         for k, v in metrics.items()
-        if k.removeprefix("eval_").split("/")[0] in ("dice", "iou", "hd95_px", "nsd_px")
+        if k.startswith(("eval_dice", "eval_iou", "eval_hd95", "eval_nsd"))
     }
+
+
+def test_card_from_a_training_run_round_trips(trained_run, tmp_path):
+    model, metrics, args, base_dir = trained_run
+    results = {**quality(metrics), "hd95_undefined": 1.0}
     assert {"dice", "iou", "hd95_px", "nsd_px"} <= results.keys()
     card = build_model_card(
         model,
         task_name="Synthetic squares",
         metrics=results,
         eval_split="validation",
-        eval_prompt="one box per target",
+        eval_protocol="prompt `box`, seed 0",
+        nsd_tolerance=2.0,
         limits="Four synthetic images; says nothing about medical data.",
         training_config=args.to_dict(),
         repo_id="someone/medsa-squares",
+        data_license="CC BY-NC-SA 4.0",
     )
     folder = save_adapter_with_card(model, tmp_path / "publish", card)
-    parsed = ModelCard.load(folder / "README.md")
-    data = parsed.data
-    assert data.library_name == "peft" and data.pipeline_tag == "mask-generation"
-    assert data.base_model == str(base_dir)
-    assert {"medical-imaging", "segment-anything", "medsa", "medsa-paper"} <= set(data.tags)
-    reported = {result.metric_type: result.metric_value for result in data.eval_results}
-    assert reported == {k: round(v, 4) for k, v in results.items() if v == v}  # NaN is left out
-    assert data.eval_results[0].dataset_name == "Synthetic squares"
-    assert "Four synthetic images" in parsed.text and '"learning_rate": 0.001' in parsed.text
+    metadata = metadata_load(folder / "README.md")
+    assert metadata["library_name"] == "peft" and metadata["license"] == "apache-2.0"
+    assert "base_model" not in metadata  # a local folder is named in the text only
+    assert f"`{base_dir}`" in ModelCard.load(folder / "README.md").text
+    assert metadata["tags"] == ["medical", "segment-anything", "medsa", "synthetic-squares"]
+    name, eval_results = model_index_to_eval_results(metadata["model-index"])
+    assert name == "medsa-squares"
+    scores = {k: round(v, 4) for k, v in results.items() if math.isfinite(v) and k != "hd95_undefined"}
+    assert {r.metric_type: r.metric_value for r in eval_results} == scores  # NaN and counts left out
+    by_type = {r.metric_type: r for r in eval_results}
+    assert by_type["dice"].metric_name == "Dice" and by_type["dice"].dataset_split == "validation"
+    assert by_type["dice"].metric_config == "prompt `box`, seed 0"
+    assert by_type["nsd_px"].metric_config == "prompt `box`, seed 0; NSD tolerance 2 px"  # unit from the key
+    text = ModelCard.load(folder / "README.md").text
+    assert (
+        "HD95 and NSD are in pixels of the original image (no spacing)." in text and "millimetres" not in text
+    )
+    assert "Four synthetic images" in text and '"learning_rate": 0.001' in text and "CC BY-NC-SA 4.0" in text
+    assert "| HD95 (undefined) | 1.0000 |" in text
 
     # The usage snippet of the card works as written (with this adapter's folder in place of the repo id).
-    snippet = (
-        parsed.text.split("```python\n")[1].split("```")[0].replace("someone/medsa-squares", str(folder))
-    )
-    snippet = snippet.replace(
-        "processor = SamProcessor.from_pretrained", "_ = "
-    )  # a random base has no processor
+    snippet = text.split("```python\n")[1].split("```")[0].replace("someone/medsa-squares", str(folder))
+    snippet = snippet.replace("processor = SamProcessor.from_pretrained", "_ = ")  # a random base has none
     namespace = {}
     exec(snippet, namespace)
     assert namespace["model"].peft_config["default"].preset == "paper"
 
 
-def test_upload_sends_exactly_the_adapter_folder(trained_run, tmp_path, monkeypatch):
+def test_metric_names_carry_units_and_classes():
+    from peft_medsa.hub import is_count, metric_name, unit_of
+
+    assert metric_name("hd95_mm/spleen") == "HD95 (mm), spleen"
+    assert metric_name("nsd_px") == "NSD (px)" and metric_name("iou") == "IOU"
+    assert [unit_of(k) for k in ("hd95_mm/spleen", "nsd_px", "dice", "hd95_undefined")] == [
+        "mm",
+        "px",
+        None,
+        None,
+    ]
+    assert is_count("hd95_undefined") and is_count("hd95_mm_undefined/liver") and not is_count("hd95_mm")
+
+
+def test_a_hub_base_model_enters_the_metadata(trained_run):
+    model, _, _, _ = trained_run
+    model.peft_config["default"].base_model_name_or_path = "facebook/sam-vit-base"
+    card = build_model_card(model)
+    assert card.data.base_model == "facebook/sam-vit-base" and card.data.eval_results is None
+    assert "https://huggingface.co/facebook/sam-vit-base" in card.text and "## Results" not in card.text
+
+
+def test_save_pretrained_writes_the_medsa_card_and_keeps_a_trained_one(trained_run, tmp_path):
+    model, metrics, _, _ = trained_run
+    model.save_pretrained(tmp_path / "plain")  # peft's own save: the Med-SA card, not peft's generic one
+    assert metadata_load(tmp_path / "plain" / "README.md")["tags"] == ["medical", "segment-anything", "medsa"]
+    card = build_model_card(model, task_name="Squares", metrics=quality(metrics), eval_split="validation")
+    save_adapter_with_card(model, tmp_path / "run", card)
+    model.save_pretrained(tmp_path / "run")  # saving again keeps the card with results
+    assert ModelCard.load(tmp_path / "run" / "README.md").data.eval_results
+
+
+def test_upload_sends_exactly_the_published_files(trained_run, tmp_path, monkeypatch):
     model, metrics, _args, _ = trained_run
-    card = build_model_card(
-        model,
-        task_name="Squares",
-        metrics={"dice": metrics["eval_dice"]},
-        eval_split="validation",
-        eval_prompt="box",
-        limits="none",
-        training_config={},
-        repo_id="someone/medsa-squares",
-    )
+    card = build_model_card(model, task_name="Squares", metrics=quality(metrics), eval_split="validation")
     folder = save_adapter_with_card(model, tmp_path / "publish", card)
-    (folder / "notes.txt").write_text("not part of the adapter")
-    calls = {}
-    monkeypatch.setattr(
-        HfApi, "create_repo", lambda self, repo_id, **kw: calls.setdefault("create", (repo_id, kw))
-    )
-    monkeypatch.setattr(
-        HfApi, "upload_folder", lambda self, **kw: calls.setdefault("upload", kw) and "commit-url"
-    )
-    push_adapter_folder(folder, "someone/medsa-squares", private=True)
-    assert calls["create"] == ("someone/medsa-squares", {"private": True, "exist_ok": True})
-    upload = calls["upload"]
-    assert upload["repo_id"] == "someone/medsa-squares" and upload["allow_patterns"] == list(ADAPTER_FILES)
-    weights = load_file(folder / "adapter_model.safetensors")
-    assert weights and all(".medsa_" in key for key in weights)
+    for name in ("all_results.json", "eval_results.json"):
+        (folder / name).write_text(json.dumps(metrics))
+    for name in ("notes.txt", "training_args.bin", "checkpoint-2/adapter_model.safetensors"):
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_bytes(b"not published")
+    hub = FakeHub(monkeypatch)
+    url = push_adapter_folder(folder, "someone/medsa-squares", private=True)
+    assert url == "https://huggingface.co/someone/medsa-squares/commit/abc"
+    assert hub.repos == [("someone/medsa-squares", {"private": True, "exist_ok": True})]
+    (commit,) = hub.commits
+    assert sorted(commit["files"]) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "all_results.json",
+        "eval_results.json",
+    ]
+    assert commit["files"]["adapter_model.safetensors"] == (folder / "adapter_model.safetensors").read_bytes()
+    assert b"- medsa" in commit["files"]["README.md"]
+
+
+def test_peft_push_to_hub_sends_the_medsa_card(trained_run, monkeypatch):
+    model, _, _, _ = trained_run
+    hub = FakeHub(monkeypatch)
+    model.push_to_hub("someone/medsa-squares", private=False)
+    (commit,) = hub.commits
+    assert sorted(commit["files"]) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    card = ModelCard(commit["files"]["README.md"].decode())
+    assert card.data.library_name == "peft" and "medsa" in card.data.tags
+    assert 'PeftModel.from_pretrained(base, "someone/medsa-squares")' in card.text
+    assert json.loads(commit["files"]["adapter_config.json"])["peft_type"] == "MEDSA"
+
+
+@pytest.mark.parametrize("offline", [True, False], ids=["offline", "no-token"])
+def test_push_without_hub_access_fails_fast_and_keeps_the_folder(trained_run, tmp_path, monkeypatch, offline):
+    model, _, _, _ = trained_run
+    folder = save_adapter_with_card(model, tmp_path / "publish", build_model_card(model))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    hub = FakeHub(monkeypatch)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr("peft_medsa.hub.get_token", lambda: None)
+    error = MedSAConnectionError if offline else MedSAValueError
+    with pytest.raises(error, match="HF_HUB_OFFLINE=1 is set" if offline else "no token"):
+        push_adapter_folder(folder, "someone/x")
+    assert hub.repos == [] and hub.commits == []  # stopped before any request
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_failed_upload_says_how_to_retry(trained_run, tmp_path, monkeypatch):
+    model, _, _, _ = trained_run
+    folder = save_adapter_with_card(model, tmp_path / "publish", build_model_card(model))
+    FakeHub(monkeypatch, fail=ConnectionError("Name or service not known"))
+    with pytest.raises(MedSAError, match=rf"Nothing was lost.*retry with `medsa push {folder} someone/x`"):
+        push_adapter_folder(folder, "someone/x")
+    assert (folder / "adapter_model.safetensors").is_file()
 
 
 def test_upload_refuses_an_incomplete_folder(tmp_path):

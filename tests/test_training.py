@@ -1,5 +1,6 @@
 """The training job end to end on the offline demo task: outputs, best checkpoint, resume, and 2 processes."""
 
+import json
 import os
 import socket
 import subprocess
@@ -9,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_hub import FakeHub
 from transformers import TrainerCallback
 
+from peft_medsa import MedSAError
 from peft_medsa.training.arguments import parse_arguments
 from peft_medsa.training.run import train
 
@@ -89,8 +92,6 @@ def test_best_checkpoint_by_dice_is_kept(base, tmp_path):
         base, tmp_path, "--eval_strategy", "steps", "--eval_steps", "2", "--load_best_model_at_end"
     )
     train(*parse_arguments(args))
-    import json
-
     state = json.loads((tmp_path / "checkpoint-6" / "trainer_state.json").read_text())
     dice = {entry["step"]: entry["eval_dice"] for entry in state["log_history"] if "eval_dice" in entry}
     best_step = max(dice, key=dice.get)  # first of equals, as the Trainer keeps it
@@ -108,18 +109,71 @@ class Kill(TrainerCallback):
             raise RuntimeError("killed")
 
 
-def test_resume_after_a_kill_reaches_the_same_adapter(base, reference, tmp_path):
+class Steps(TrainerCallback):
+    """Records the global step at each `event` (step or epoch end)."""
+
+    def __init__(self, event="on_step_end"):
+        self.seen = []
+        setattr(self, event, lambda args, state, control, **kwargs: self.seen.append(state.global_step))
+
+
+def test_rerun_after_a_kill_resumes_and_reaches_the_same_adapter(base, reference, tmp_path):
     with pytest.raises(RuntimeError, match="killed"):
         train(*parse_arguments(arguments(base, tmp_path)), callbacks=[Kill()])
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]
-    train(
-        *parse_arguments(
-            arguments(base, tmp_path, "--resume_from_checkpoint", str(tmp_path / "checkpoint-2"))
-        )
-    )
+    steps = Steps()
+    train(*parse_arguments(arguments(base, tmp_path)), callbacks=[steps])  # the same command: resumes
+    assert steps.seen == [3, 4, 5, 6]  # from checkpoint-2
     resumed, uninterrupted = adapter(tmp_path), adapter(reference)
     for key in uninterrupted:
         torch.testing.assert_close(resumed[key], uninterrupted[key], atol=1e-6, rtol=1e-5)
+
+
+def test_a_finished_run_or_a_foreign_folder_is_not_trained_into(base, reference, tmp_path):
+    before = adapter(reference)
+    with pytest.raises(MedSAError, match=r"already holds a trained adapter.*--overwrite_output_dir"):
+        train(*parse_arguments(arguments(base, reference)))
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(MedSAError, match="not empty and holds no checkpoint"):
+        train(*parse_arguments(arguments(base, tmp_path)))
+    assert all(torch.equal(before[key], value) for key, value in adapter(reference).items())
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_train_only_few_samples_and_publish_at_the_end(base, tmp_path, monkeypatch):
+    """--max_train_samples, --do_eval false, the adapter group from MedSAConfig's fields, and --push_to_hub with
+    hub_strategy all_checkpoints: checkpoint adapters under checkpoint-N/, then the kept adapter, never a pickle."""
+    hub = FakeHub(monkeypatch)
+    extra = ["--max_train_samples", "2", "--max_steps", "4", "--do_eval", "false", "--push_to_hub"]
+    extra += ["--hub_model_id", "someone/medsa-demo", "--hub_strategy", "all_checkpoints"]
+    extra += ["--hyper_prompt_mode", "add", "--mlp_scale", "0.3", "--layers_to_transform", "1"]
+    epochs = Steps(event="on_epoch_end")
+    metrics = train(*parse_arguments(arguments(base, tmp_path, *extra, batch=1)), callbacks=[epochs])
+    assert metrics == {} and not (tmp_path / "eval_results.json").exists()
+    assert epochs.seen == [2, 4]  # 2 examples, batch 1: an epoch every 2 steps
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert (config["hyper_prompt_mode"], config["mlp_scale"], config["layers_to_transform"]) == (
+        "add",
+        0.3,
+        [1],
+    )
+    assert [commit["repo_id"] for commit in hub.commits] == ["someone/medsa-demo"] * 3
+    sent = [sorted(commit["files"]) for commit in hub.commits]
+    assert sent[:2] == [
+        [
+            f"checkpoint-{step}/{name}"
+            for name in ("README.md", "adapter_config.json", "adapter_model.safetensors")
+        ]
+        for step in (2, 4)
+    ]
+    assert sent[2] == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "all_results.json",
+        "train_results.json",
+    ]
+    assert (tmp_path / "checkpoint-4" / "training_args.bin").exists()  # kept locally, never sent
 
 
 def _free_port() -> int:
@@ -179,3 +233,12 @@ def test_volumes_train_through_sd_trans(base, tmp_path):
     )
     assert 0 <= metrics["eval_dice"] <= 1
     assert any(".medsa_depth_" in key for key in adapter(tmp_path))
+
+
+def test_push_without_a_token_stops_before_training(base, tmp_path, monkeypatch):
+    FakeHub(monkeypatch)
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr("peft_medsa.hub.get_token", lambda: None)
+    with pytest.raises(MedSAError, match=r"no token\. Log in with `hf auth login`"):
+        train(*parse_arguments(arguments(base, tmp_path / "run", "--push_to_hub")))
+    assert not (tmp_path / "run").exists()  # nothing was trained, nothing half-written

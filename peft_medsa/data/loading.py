@@ -110,6 +110,8 @@ def load_task(
         dataset = _local_image_pairs(spec, source_split)
     else:
         cases = _volume_cases(spec, source_split)
+        if spec.split_by_hash:
+            cases = [c for c in cases if hash_split(c["case_id"], spec.split_fractions) == split]
         return IterableDataset.from_generator(
             _volume_examples, gen_kwargs={"cases": cases, "spec": spec, "builder": builder}
         )
@@ -118,7 +120,7 @@ def load_task(
         batched=True,
         batch_size=1,
         remove_columns=dataset.column_names,
-        fn_kwargs={"spec": spec, "builder": builder},
+        fn_kwargs={"spec": spec, "builder": builder, "split": split if spec.split_by_hash else None},
     )
 
 
@@ -339,8 +341,11 @@ def _content_id(value: Any) -> str:
     return hashlib.sha1(np.ascontiguousarray(_as_array(value)).tobytes()).hexdigest()[:16]
 
 
-def _pair_examples(batch: dict[str, list], spec: TaskSpec, builder: ExampleBuilder) -> dict[str, list]:
-    """`datasets` batched map (batch size 1): one image+mask row -> its examples (one per present class)."""
+def _pair_examples(
+    batch: dict[str, list], spec: TaskSpec, builder: ExampleBuilder, split: str | None = None
+) -> dict[str, list]:
+    """`datasets` batched map (batch size 1): one image+mask row -> its examples (one per present class);
+    with `split`, rows whose case id hashes to another split give none (`TaskSpec.split_by_hash`)."""
     case_column = (
         spec.case_id_column if spec.case_id_column in batch else "case_id" if "case_id" in batch else None
     )
@@ -348,6 +353,8 @@ def _pair_examples(batch: dict[str, list], spec: TaskSpec, builder: ExampleBuild
     for row in range(len(batch[spec.image_column])):
         image_cell = batch[spec.image_column][row]
         case_id = str(batch[case_column][row]) if case_column else _content_id(image_cell)
+        if split is not None and hash_split(case_id, spec.split_fractions) != split:
+            continue
         slice_index = int(batch[spec.slice_column][row]) if spec.slice_column else 0
         examples = builder.image_examples(
             _as_array(image_cell), _as_array(batch[spec.mask_column][row]), case_id, slice_index

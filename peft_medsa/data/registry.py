@@ -65,12 +65,15 @@ class TaskSpec:
       `{case_id, image, label}` row per case; paths relative to the root) or, without an index, matched by
       `image_glob`/`label_glob` (case id = file name without extension and `strip_suffixes`) and split by a
       stable hash of the case id with `split_fractions`.
+    `split_by_hash: true` does the same for a source that ships fewer splits than the task (often only
+    `train`): each task split reads its source split (`splits`) and keeps the cases whose hash falls into it.
     - `images`: a local folder of 2-D image/mask files (`image_glob`/`label_glob`, same pairing and split rule).
 
     `labels` maps mask values to class names (0 is background and implicit). `mask_encoding: binary` turns
     masks stored as 0/255 (possibly lossy, e.g. JPEG) into class 1 with `mask > mask_threshold`.
     `target_spacing` (dz, dy, dx in mm; `null` keeps an axis) resamples volumes before slicing.
-    `verified` says whether the column names and layout were checked against the real source.
+    `verified` says whether the column names and layout were checked against the real source, and
+    `verified_from` names the page (dataset card, viewer, file tree) that was checked.
     """
 
     name: str
@@ -94,12 +97,14 @@ class TaskSpec:
     split_fractions: Mapping[str, float] = field(
         default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1}
     )
+    split_by_hash: bool = False
     modality: str = "unknown"
     intensity: IntensityPolicy = IntensityPolicy()
     mask_encoding: Literal["index", "binary"] = "index"
     mask_threshold: float = 127
     target_spacing: tuple[float | None, float | None, float | None] | None = None
     verified: bool = False
+    verified_from: str | None = None
     description: str = ""
     license: str = "unknown"
     homepage: str | None = None
@@ -144,6 +149,16 @@ class TaskSpec:
             raise MedSAValueError(
                 f"Task {self.name!r}: `target_spacing` (dz, dy, dx) must be positive millimetres or null, got "
                 f"{self.target_spacing}."
+            )
+        if self.split_by_hash and set(self.splits) != set(self.split_fractions):
+            raise MedSAValueError(
+                f"Task {self.name!r}: split_by_hash needs `split_fractions` for exactly the splits in `splits` "
+                f"({sorted(self.splits)}), got {sorted(self.split_fractions)}."
+            )
+        if self.split_by_hash and self.format != "parquet" and self.index is None:
+            raise MedSAValueError(
+                f"Task {self.name!r}: split_by_hash applies to parquet tasks and indexed volumes; volumes found "
+                "by `image_glob` are always split by hash."
             )
         if self.format == "images" and self.repo_id is not None:
             raise MedSAValueError(

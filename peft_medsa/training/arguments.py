@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any, get_type_hints
 
+from peft.config import PeftConfig
 from transformers import HfArgumentParser, TrainingArguments
 
+from ..config import PRESETS, MedSAConfig
 from ..errors import MedSAError, MedSAValueError
 from ..validation import checked_arguments, load_data_file
 
@@ -74,6 +77,9 @@ class TaskArguments:
             "help": "Volumes: chunks of this many slices run as 5-D input through SD-Trans (None: 2-D slices)."
         },
     )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Train on at most this many examples (quick runs, debugging)."}
+    )
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Evaluate on at most this many examples."}
     )
@@ -82,17 +88,36 @@ class TaskArguments:
     )
 
 
-@dataclass
-class MedSAArguments:
-    """The adapter (see `peft_medsa.MedSAConfig`) and the loss."""
+def _adapter_fields() -> list[tuple[str, Any, Any]]:
+    """MedSAConfig's own fields as optional arguments: None keeps the preset's value (one set of defaults)."""
+    hints = get_type_hints(MedSAConfig)
+    inherited = {f.name for f in fields(PeftConfig)}
+    adapter = [f for f in fields(MedSAConfig) if f.init and f.name not in inherited and f.name != "preset"]
+    return [
+        (
+            "preset",
+            str,
+            field(
+                default="paper", metadata={"help": f"One of {sorted(PRESETS)}; the fields below override it."}
+            ),
+        ),
+        *(
+            (
+                f.name,
+                hints[f.name] | None,
+                field(
+                    default=None, metadata={"help": f"{f.metadata.get('help', '')} (default: the preset's)"}
+                ),
+            )
+            for f in adapter
+        ),
+    ]
 
-    preset: str = field(default="paper", metadata={"help": "paper, official-code or encoder-only."})
-    adapter_ratio: float = field(default=0.25, metadata={"help": "Bottleneck width / block width."})
-    activation: str | None = field(default=None, metadata={"help": "relu or gelu (default: the preset's)."})
-    depth_attention: bool | None = field(
-        default=None, metadata={"help": "SD-Trans depth branch (default: on when --depth is set)."}
-    )
-    init_weights: str = field(default="identity", metadata={"help": "identity or linear-default."})
+
+@dataclass
+class LossArguments:
+    """The training loss of Med-SA."""
+
     dice_weight: float = field(default=1.0, metadata={"help": "Weight of the soft Dice loss."})
     bce_weight: float = field(default=1.0, metadata={"help": "Weight of the binary cross-entropy."})
     iou_weight: float = field(
@@ -103,19 +128,30 @@ class MedSAArguments:
         },
     )
 
-    def config_overrides(self, volumes: bool) -> dict:
-        """The MedSAConfig fields these arguments set (the preset supplies the rest)."""
-        overrides = {"adapter_ratio": self.adapter_ratio, "init_weights": self.init_weights}
-        overrides["depth_attention"] = volumes if self.depth_attention is None else self.depth_attention
-        if self.activation is not None:
-            overrides["activation"] = self.activation
+    def config_overrides(self, volumes: bool) -> dict[str, Any]:
+        """The MedSAConfig fields set here (the preset supplies the rest); SD-Trans is on for volumes unless
+        `depth_attention` says otherwise."""
+        overrides = {name: getattr(self, name) for name in ADAPTER_FIELDS if getattr(self, name) is not None}
+        overrides.setdefault("depth_attention", volumes)
         return overrides
+
+
+# The adapter (every field of `peft_medsa.MedSAConfig`, generated from it) and the loss.
+_ADAPTER_ARGUMENTS = _adapter_fields()
+ADAPTER_FIELDS = tuple(name for name, _, _ in _ADAPTER_ARGUMENTS if name != "preset")
+MedSAArguments = make_dataclass(
+    "MedSAArguments",
+    _ADAPTER_ARGUMENTS,
+    bases=(LossArguments,),
+    namespace={"__doc__": "A Med-SA preset with overrides of any MedSAConfig field, and the loss."},
+)
 
 
 @dataclass
 class MedSATrainingArguments(TrainingArguments):
     """`TrainingArguments` with defaults that fit SamModel: keep `labels` (SamModel.forward has no such
-    argument, the loss needs it) and pick the best checkpoint by Dice, not by loss."""
+    argument, the loss needs it), pick the best checkpoint by Dice, not by loss, train and evaluate by default,
+    and publish (`--push_to_hub`) the kept adapter once, at the end (`peft_medsa.training.run.train`)."""
 
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep `labels` for the loss."})
     label_names: list[str] | None = field(
@@ -123,6 +159,23 @@ class MedSATrainingArguments(TrainingArguments):
     )
     metric_for_best_model: str | None = field(
         default="dice", metadata={"help": "Metric of the best checkpoint (with --load_best_model_at_end)."}
+    )
+    do_train: bool = field(default=True, metadata={"help": "Train (--do_train false: evaluate only)."})
+    do_eval: bool = field(default=True, metadata={"help": "Evaluate the kept adapter at the end."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start afresh in an --output_dir that holds checkpoints or a finished run (by default a "
+            "run resumes from the last checkpoint there, and a finished run is never overwritten)."
+        },
+    )
+    hub_strategy: str = field(
+        default="end",
+        metadata={
+            "help": "With --push_to_hub: 'end' (default) or 'every_save' publish the kept adapter, its card and "
+            "metrics once, at the end; 'checkpoint' also pushes each checkpoint's adapter to last-checkpoint/, "
+            "'all_checkpoints' to checkpoint-N/. Pickles (training_args.bin, optimizer state) are never pushed."
+        },
     )
 
 

@@ -13,17 +13,21 @@ from typing import Any
 
 from peft import PeftModel, get_peft_model
 from transformers import TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import HubStrategy, get_last_checkpoint
+from transformers.utils import logging
 
 from ..config import MedSAConfig
 from ..data import PromptConfig, SamDataCollator, load_task, resolve_task
 from ..errors import MedSAValueError
-from ..hub import build_model_card, save_adapter_with_card
+from ..hub import build_model_card, check_hub_access, push_adapter_folder, save_adapter_with_card
 from ..pretrained import load_sam
-from .arguments import MedSAArguments, ModelArguments, TaskArguments
+from .arguments import MedSAArguments, MedSATrainingArguments, ModelArguments, TaskArguments
 from .evaluation import EvaluationReport, evaluation_set, metrics_for
 from .losses import MedSALoss
 from .metrics import MetricAggregator
 from .trainer import MedSATrainer
+
+logger = logging.get_logger(__name__)
 
 
 def build_model(model_args: ModelArguments, medsa_args: MedSAArguments, volumes: bool) -> PeftModel:
@@ -83,14 +87,29 @@ def train(
     model_args: ModelArguments,
     task_args: TaskArguments,
     medsa_args: MedSAArguments,
-    training_args: TrainingArguments,
+    training_args: MedSATrainingArguments,
     callbacks: list[TrainerCallback] | None = None,
 ) -> dict[str, float]:
-    """Train an adapter, keep the best checkpoint by Dice, evaluate it, and write adapter + card + metrics."""
+    """Train an adapter (resuming from the last checkpoint in `output_dir`), keep the best checkpoint by Dice,
+    evaluate it, write adapter + card + metrics, and publish them with `--push_to_hub`."""
+    logger.warning(_process_summary(training_args))
+    last_checkpoint = detect_last_checkpoint(training_args)
+    publish = training_args.push_to_hub and training_args.process_index == 0
+    if publish:
+        check_hub_access(training_args.hub_token)  # before training, not after it
+    # The Trainer would upload at every save, pickles included; `train()` uploads the kept adapter at the end instead.
+    trainer_args = replace(training_args, push_to_hub=False)
+    callbacks = list(callbacks or [])
+    if publish and training_args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
+        callbacks.append(PushCheckpoints(_hub_repo_id(training_args), training_args))
     set_seed(training_args.seed)
     spec = resolve_task(task_args.task)
     model = build_model(model_args, medsa_args, volumes=task_args.depth is not None)
-    train_set = training_set(task_args, model.config, training_args.seed)
+    train_set = None
+    if training_args.do_train:
+        train_set = training_set(task_args, model.config, training_args.seed)
+        if task_args.max_train_samples is not None:
+            train_set = train_set.take(task_args.max_train_samples)
     eval_set = evaluation_set(
         spec,
         model.config,
@@ -105,7 +124,7 @@ def train(
     aggregator = MetricAggregator(spec.labels)
     trainer = make_trainer(
         model,
-        training_args,
+        trainer_args,
         eval_set,
         spec.labels,
         medsa_args,
@@ -114,34 +133,111 @@ def train(
         aggregator,
         corrective_clicks=task_args.corrective_clicks,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    metrics = trainer.evaluate(metric_key_prefix="eval")  # the kept (best) adapter, on every process
-    if trainer.is_world_process_zero():
-        trainer.save_metrics("eval", metrics)
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or last_checkpoint)
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
         trainer.save_state()  # trainer_state.json: the log history (learning curve)
-        report = EvaluationReport.from_aggregator(
-            aggregator,
-            task=spec.name,
-            split=task_args.eval_split,
-            prompt=task_args.eval_prompt,
-            prompt_seed=task_args.prompt_seed,
-            examples=len(eval_set),
-        )
+    metrics: dict[str, float] = {}
+    if training_args.do_eval:
+        metrics = trainer.evaluate(metric_key_prefix="eval")  # the kept (best) adapter, on every process
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    if trainer.is_world_process_zero():
         output_dir = Path(training_args.output_dir)
-        report.save(output_dir / "metrics.json")
+        report = None
+        if training_args.do_eval:
+            report = EvaluationReport.from_aggregator(
+                aggregator,
+                task=spec.name,
+                split=task_args.eval_split,
+                prompt=task_args.eval_prompt,
+                prompt_seed=task_args.prompt_seed,
+                examples=len(eval_set),
+            )
+            report.save(output_dir / "metrics.json")
         card = build_model_card(
             model,
             task_name=spec.name,
             dataset_id=spec.repo_id,
-            metrics=report.metrics,
+            data_license=spec.license,
+            metrics=report.metrics if report else None,
             eval_split=task_args.eval_split,
-            eval_prompt=f"prompt `{task_args.eval_prompt}`, seed {task_args.prompt_seed}",
-            limits=evaluation_limits(spec, eval_set, task_args, report),
-            nsd_tolerance=report.nsd_tolerance,
+            eval_protocol=f"prompt `{task_args.eval_prompt}`, seed {task_args.prompt_seed}",
+            limits=evaluation_limits(spec, eval_set, task_args, report) if report else None,
+            nsd_tolerance=report.nsd_tolerance if report else 1.0,
             training_config={**vars(task_args), **vars(medsa_args), **_training_summary(training_args)},
+            repo_id=_hub_repo_id(training_args) if publish else None,
         )
         save_adapter_with_card(model, output_dir, card)
+        if publish:
+            push_adapter_folder(
+                training_args.output_dir,
+                _hub_repo_id(training_args),
+                token=training_args.hub_token,
+                private=training_args.hub_private_repo,
+                revision=training_args.hub_revision,
+                commit_message="Med-SA adapter: the kept checkpoint, its card and metrics",
+            )
     return metrics
+
+
+def detect_last_checkpoint(training_args: MedSATrainingArguments) -> str | None:
+    """The checkpoint to resume from, as transformers' example scripts do; refuses to mix a new run into a
+    folder that holds a finished run or other files (unless --overwrite_output_dir)."""
+    output_dir = Path(training_args.output_dir)
+    if not output_dir.is_dir() or training_args.overwrite_output_dir or not training_args.do_train:
+        return None
+    last_checkpoint = get_last_checkpoint(output_dir)
+    if training_args.resume_from_checkpoint:
+        return None
+    if (output_dir / "adapter_model.safetensors").exists():
+        raise MedSAValueError(
+            f"{output_dir} already holds a trained adapter; choose another --output_dir, resume with "
+            "--resume_from_checkpoint, or pass --overwrite_output_dir to train afresh in it."
+        )
+    if last_checkpoint is None and any(output_dir.iterdir()):
+        raise MedSAValueError(
+            f"{output_dir} is not empty and holds no checkpoint to resume from; choose another --output_dir or "
+            "pass --overwrite_output_dir."
+        )
+    if last_checkpoint is not None:
+        logger.warning(f"Resuming from {last_checkpoint} (pass --overwrite_output_dir to start afresh).")
+    return last_checkpoint
+
+
+class PushCheckpoints(TrainerCallback):
+    """`hub_strategy` checkpoint / all_checkpoints: push each saved checkpoint's adapter files (no pickles)."""
+
+    def __init__(self, repo_id: str, training_args: TrainingArguments):
+        self.repo_id, self.args = repo_id, training_args
+
+    def on_save(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        every = self.args.hub_strategy == HubStrategy.ALL_CHECKPOINTS
+        push_adapter_folder(
+            folder,
+            self.repo_id,
+            token=self.args.hub_token,
+            private=self.args.hub_private_repo,
+            revision=self.args.hub_revision,
+            path_in_repo=folder.name if every else "last-checkpoint",
+            commit_message=f"Med-SA checkpoint at step {state.global_step}",
+        )
+
+
+def _hub_repo_id(training_args: TrainingArguments) -> str:
+    """--hub_model_id, else the output folder's name (in the token's namespace), as the Trainer does."""
+    return training_args.hub_model_id or Path(training_args.output_dir).absolute().name
+
+
+def _process_summary(args: TrainingArguments) -> str:
+    return (
+        f"Process {args.process_index} of {args.world_size}, device {args.device}, "
+        f"distributed: {args.parallel_mode.value}, bf16: {args.bf16}, fp16: {args.fp16}"
+    )
 
 
 def evaluation_limits(
