@@ -23,7 +23,7 @@ test: $(BIN)/activate
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2 -q
 
-# The wheel in a fresh environment, used from outside the checkout: a manual check (not part of .ci/run).
+# The wheel in a fresh environment, used from outside the checkout (.ci/run runs it after the tests).
 packaging: $(BIN)/activate
 	PYTHON=$(BIN)/python .ci/packaging
 
