@@ -24,6 +24,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from peft import PeftModel
 
 from .errors import MedSAConnectionError, MedSAFileError, MedSAFileNotFoundError, MedSAValueError
+from .predict import atomic_write
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 # What `train()` (metrics.json) and `Trainer.save_metrics` write; published with the adapter when present.
@@ -173,14 +174,8 @@ def save_adapter_with_card(model: PeftModel, output_dir: str | os.PathLike, card
 
 
 def write_card(card: ModelCard, path: Path) -> None:
-    """Save a card atomically (a temp file in the same folder, then `os.replace`)."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".md.tmp", delete=False) as handle:
-        temporary = Path(handle.name)
-    try:
-        card.save(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    """Save a card atomically (`predict.atomic_write`: a failed write leaves the previous card or nothing)."""
+    atomic_write(path, card.save)
 
 
 def check_hub_access(token: str | None = None) -> None:
@@ -331,3 +326,8 @@ def _usage(base_model: str, adapter: str) -> str:
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+# Imported first (before peft), this module triggers the peft registration midway, when the function above
+# does not exist yet: apply it here (it does nothing the second time).
+use_medsa_card_in_peft()

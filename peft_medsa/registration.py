@@ -54,7 +54,10 @@ def _try_register() -> bool:
     PEFT_TYPE_TO_CONFIG_MAPPING[config.MEDSA_PEFT_TYPE] = config.MedSAConfig
     PEFT_TYPE_TO_TUNER_MAPPING[config.MEDSA_PEFT_TYPE] = model.MedSAModel
     PEFT_TYPE_TO_PREFIX_MAPPING[config.MEDSA_PEFT_TYPE] = model.MedSAModel.prefix
-    importlib.import_module("peft_medsa.hub").use_medsa_card_in_peft()
+    hub = sys.modules.get("peft_medsa.hub")
+    if hub is None or hasattr(hub, "use_medsa_card_in_peft"):
+        importlib.import_module("peft_medsa.hub").use_medsa_card_in_peft()
+    # else: peft is loading because peft_medsa.hub is being imported; hub applies the card at its end.
     return True
 
 

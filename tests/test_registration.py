@@ -93,8 +93,11 @@ def test_an_adapter_folder_written_with_a_plain_string_type_loads(saved, tmp_pat
         "from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING as m; print(m['MEDSA'].__name__)",
         "from peft_medsa import MedSAModel; from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING as m\n"
         "print(m['MEDSA'].__name__.replace('Model', 'Config'))",
+        # hub first: peft loads (and registers us) while hub is half imported; its card hook must still apply
+        "import peft_medsa.hub; from peft import PeftModel; assert PeftModel.push_to_hub._medsa\n"
+        "from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING as m; print(m['MEDSA'].__name__)",
     ],
-    ids=["package-first", "peft-first", "config-module-first", "model-first"],
+    ids=["package-first", "peft-first", "config-module-first", "model-first", "hub-module-first"],
 )
 def test_registration_in_any_import_order(code):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

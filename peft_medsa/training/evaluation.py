@@ -28,7 +28,7 @@ from transformers import EvalPrediction, SamImageProcessorPil
 from ..data import SamDataCollator, load_task, resolve_task
 from ..errors import MedSAValueError
 from ..mask_selection import predict_masks, select_masks
-from ..predict import atomic_write
+from ..predict import atomic_write, default_device
 from .losses import resize_mask_logits
 from .metrics import METRIC_NAMES, MetricAggregator, metric_key
 
@@ -114,11 +114,6 @@ class EvaluationReport:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda temporary: temporary.write_text(self.to_json()))
         return path
-
-
-def default_device() -> str:
-    """CUDA when present, else the CPU."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def evaluation_set(
