@@ -24,7 +24,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from peft import PeftModel
 
 from .errors import MedSAConnectionError, MedSAFileError, MedSAFileNotFoundError, MedSAValueError
-from .predict import atomic_write
+from .writing import atomic_write
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 # What `train()` (metrics.json) and `Trainer.save_metrics` write; published with the adapter when present.
@@ -174,7 +174,7 @@ def save_adapter_with_card(model: PeftModel, output_dir: str | os.PathLike, card
 
 
 def write_card(card: ModelCard, path: Path) -> None:
-    """Save a card atomically (`predict.atomic_write`: a failed write leaves the previous card or nothing)."""
+    """Save a card atomically (`writing.atomic_write`: a failed write leaves the previous card or nothing)."""
     atomic_write(path, card.save)
 
 

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +50,8 @@ from .data.readers import (
 from .data.registry import IntensityPolicy
 from .errors import MedSAFileError, MedSAValueError
 from .mask_selection import predict_masks
-from .pretrained import load_adapter, load_sam
+from .pretrained import default_device, load_adapter, load_sam
+from .writing import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SUPPORTED = IMAGE_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES + NRRD_SUFFIXES
@@ -132,11 +131,6 @@ def read_boxes_file(path: Path) -> dict[int, Prompt]:
             raise MedSAValueError(f"{expected}; slice {key} has {box!r}.")
         prompts[int(key)] = Prompt(box=tuple(float(v) for v in box))
     return prompts
-
-
-def default_device() -> str:
-    """CUDA when present, else the CPU."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class Segmenter:
@@ -475,33 +469,6 @@ def _consecutive_runs(indices: list[int], depth: int) -> list[list[int]]:
         else:
             runs.append([index])
     return runs
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Calls `write(temporary_path)` on a temporary file beside `path` (same suffix), then renames it onto
-    `path`: readers see the old file or the complete new one, and a failed write leaves nothing behind."""
-    path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name.split('.')[0]}-", suffix=f".partial{file_suffix(path)}"
-    )
-    os.close(descriptor)
-    try:
-        write(Path(temporary))
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 is for the temporary name only
-        os.replace(temporary, path)
-    except OSError as error:
-        raise MedSAFileError(
-            f"{path}: could not write the file ({error}); free some disk space or choose another output."
-        ) from error
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_nifti(volume: Volume, mask: np.ndarray, path: Path) -> None:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from huggingface_hub import HfApi, constants, try_to_load_from_cache
 from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
@@ -120,3 +121,8 @@ def _unreachable(repo_id: str, what: str, repo_type: str, why: str) -> MedSAConn
         f"reachable (`hf download {repo_id} {flag}--local-dir DIR`) and pass DIR instead, or run once online "
         "so that it is cached and then set HF_HUB_OFFLINE=1."
     )
+
+
+def default_device() -> str:
+    """CUDA when present, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"

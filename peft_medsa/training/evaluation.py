@@ -28,7 +28,8 @@ from transformers import EvalPrediction, SamImageProcessorPil
 from ..data import SamDataCollator, load_task, resolve_task
 from ..errors import MedSAValueError
 from ..mask_selection import predict_masks, select_masks
-from ..predict import atomic_write, default_device
+from ..pretrained import default_device
+from ..writing import atomic_write
 from .losses import resize_mask_logits
 from .metrics import METRIC_NAMES, MetricAggregator, metric_key
 
