@@ -284,6 +284,9 @@ def test_version_and_the_task_list(capsys):
     assert {"acdc", "btcv", "demo-2d", "isic2018", "kvasir-seg"} <= rows.keys()
     assert re.search(r"mathpluscode/ACDC\s+yes\s+CC BY-NC-SA 4\.0", rows["acdc"])
     assert re.search(r"MedOtter/msd-spleen\s+no\s+CC BY-SA 4\.0", rows["msd-spleen"])
+    assert re.search(r"Angelou0516/btcv\s+no\s+cc-by-4\.0", rows["btcv"])
+    assert re.search(r"Angelou0516/BUSI\s+yes\s+other", rows["busi"])
+    assert re.search(r"MedOtter/LIDC-IDRI\s+no\s+not stated", rows["lidc-idri"])
 
 
 def test_help_imports_no_torch():

@@ -164,7 +164,7 @@ def test_offline_hub_tasks_name_the_dataset_and_the_local_route():
     for line, task, repo in zip(
         lines,
         ("busi", "btcv", "msd-spleen"),
-        ("MedOtter/BUSI", "Angelou0516/btcv", "MedOtter/msd-spleen"),
+        ("Angelou0516/BUSI", "Angelou0516/btcv", "MedOtter/msd-spleen"),
         strict=False,
     ):
         assert f"Hub dataset '{repo}'" in line and "HF_HUB_OFFLINE=1" in line
@@ -198,7 +198,7 @@ def test_hub_tasks_fail_fast_without_network(monkeypatch):
 
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # loopback: nothing listens there
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    for task, repo in (("busi", "MedOtter/BUSI"), ("btcv", "Angelou0516/btcv")):
+    for task, repo in (("busi", "Angelou0516/BUSI"), ("btcv", "Angelou0516/btcv")):
         with pytest.raises(MedSAConnectionError, match=rf"Task '{task}' reads the Hub dataset '{repo}', which "
                            r"cannot be reached \(\w+\).*data_dir=DIR"):  # fmt: skip
             load_task(task)

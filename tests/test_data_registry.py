@@ -1,25 +1,29 @@
 """The task registry: shipped entries, user tasks from dicts and files, and clear errors."""
 
 import json
+import re
+from dataclasses import replace
 
 import pytest
 import yaml
 
 from peft_medsa import MedSAValueError
-from peft_medsa.data import IntensityPolicy, TaskSpec, get_task, list_tasks, register_task
+from peft_medsa.data import IntensityPolicy, TaskSpec, get_task, list_tasks, load_task, register_task
+from peft_medsa.data.loading import _volume_cases
 
 # Hub task -> (repository, whether a dataset card / viewer / file tree confirmed its layout column by column).
 HUB_TASKS = {
     "breast-ultrasound": ("nielsr/breast-cancer", True),
-    "busi": ("MedOtter/BUSI", False),
+    "busi": ("Angelou0516/BUSI", True),
     "kvasir-seg": ("kowndinya23/Kvasir-SEG", True),
     "isic2016": ("MedOtter/ISIC2016", False),
     "isic2017": ("MedOtter/ISIC2017", False),
     "isic2018": ("surajbijjahalli/ISIC2018", True),
-    "btcv": ("Angelou0516/btcv", True),
+    "btcv": ("Angelou0516/btcv", False),
     "msd-spleen": ("MedOtter/msd-spleen", False),
     "acdc": ("mathpluscode/ACDC", True),
     "brats": ("rocky93/BraTS_segmentation", True),
+    "lidc-idri": ("MedOtter/LIDC-IDRI", False),
 }
 
 
@@ -28,11 +32,20 @@ def minimal(**overrides):
 
 
 def test_shipped_hub_tasks_name_their_repo_license_and_the_page_checked():
+    assert {name for name in list_tasks() if get_task(name).repo_id} == set(HUB_TASKS)
     for name, (repo, verified) in HUB_TASKS.items():
         spec = get_task(name)
         assert (spec.repo_id, spec.verified) == (repo, verified), name
-        assert spec.verified_from.startswith(f"https://huggingface.co/datasets/{repo}"), name
-        assert spec.license and "see the dataset card" not in spec.license, name
+        if verified:  # the page that confirmed it, on that very repository
+            page = rf"https://huggingface\.co/datasets/{re.escape(repo)}[/ ]"
+            assert re.match(page, spec.verified_from), name
+            assert not spec.note, name
+        else:  # what was searched and seen, in one line
+            assert spec.verified_from is None and "https://huggingface.co/datasets/" in spec.note, name
+            assert "\n" not in spec.note, name
+    for name in list_tasks():
+        license = get_task(name).license
+        assert license and license != "unknown" and "see the dataset card" not in license, name
     assert get_task("acdc").license.startswith("CC BY-NC-SA")
     assert get_task("btcv").labels[6] == "liver" and len(get_task("btcv").labels) == 13
     assert get_task("btcv").intensity == IntensityPolicy("window", level=40, width=400)
@@ -44,12 +57,43 @@ def test_train_only_hub_tasks_draw_their_splits_by_hash():
     # btcv's index rows hold the organ names under `label` and the mask path under `mask`.
     btcv = get_task("btcv")
     assert (btcv.image_column, btcv.mask_column, btcv.case_id_column) == ("image", "mask", "patient_id")
-    for name in ("breast-ultrasound", "busi", "btcv", "msd-spleen"):
+    for name in ("breast-ultrasound", "busi", "btcv", "msd-spleen", "lidc-idri"):
         spec = get_task(name)
         assert spec.split_by_hash and set(spec.splits.values()) == {"train"}, name
         assert set(spec.splits) == set(spec.split_fractions) == {"train", "validation", "test"}, name
     assert get_task("kvasir-seg").splits == {"train": "train", "validation": "validation"}
     assert get_task("kvasir-seg").case_id_column == "name"
+
+
+# A row of the btcv copy's train.jsonl as its Hub pages show it: `label` lists organ names, `mask` is the path.
+BTCV_ROW = {
+    "image": "data/nii/BTCV/RawData/Training/img/img0001.nii.gz",
+    "mask": "data/nii/BTCV/RawData/Training/label/label0001.nii.gz",
+    "label": ["spleen", "right kidney", "liver"],
+    "modality": "CT",
+    "dataset": "BTCV",
+    "official_split": "train",
+    "patient_id": "img0001.nii.gz",
+}
+
+
+def test_index_rows_must_match_the_spec_and_a_mismatch_names_expected_and_found_keys(tmp_path):
+    (tmp_path / "train.jsonl").write_text(json.dumps(BTCV_ROW) + "\n")
+    btcv = replace(get_task("btcv"), repo_id=None, path=str(tmp_path))
+    assert _volume_cases(btcv, "train") == [
+        {"case_id": "img0001.nii.gz", "image": BTCV_ROW["image"], "label": BTCV_ROW["mask"]}
+    ]
+    found = "found {'image': 'str', 'mask': 'str', 'label': 'list', 'modality': 'str', 'dataset': 'str', "
+    found += "'official_split': 'str', 'patient_id': 'str'}. Fix the spec's columns."
+    with pytest.raises(MedSAValueError) as error:  # the organ list, not a path: one clear error, no TypeError
+        load_task(replace(btcv, mask_column="label"))
+    assert str(error.value) == (
+        f"Task 'btcv': the rows of train.jsonl in {tmp_path} have no file path under ['label']. The spec expects "
+        "keys ['image', 'label', 'patient_id'] (image_column, mask_column[, case_id_column]), paths under the "
+        f"first two; {found}"
+    )
+    with pytest.raises(MedSAValueError, match=re.escape("have no key(s) ['case']. The spec expects keys ")):
+        load_task(replace(btcv, case_id_column="case"))
 
 
 def test_register_from_dict_yaml_and_json(tmp_path):

@@ -248,21 +248,7 @@ def _volume_cases(spec: TaskSpec, split: str) -> list[dict[str, str]]:
     if spec.index is not None:
         with open(_fetch(spec, spec.index.format(split=split))) as index:
             rows = [json.loads(line) for line in index if line.strip()]
-        cases = []
-        for row in rows:
-            missing = [k for k in (spec.image_column, spec.mask_column) if k not in row]
-            if missing:
-                raise MedSAValueError(
-                    f"Task {spec.name!r}: index row {row} has no key(s) {missing}; fix the spec's columns."
-                )
-            name = row.get(spec.case_id_column) if spec.case_id_column else None
-            cases.append(
-                {
-                    "case_id": str(name or Path(row[spec.image_column]).name),
-                    "image": row[spec.image_column],
-                    "label": row[spec.mask_column],
-                }
-            )
+        cases = [_index_case(spec, split, row) for row in rows]
     else:
         cases = [
             c
@@ -272,6 +258,24 @@ def _volume_cases(spec: TaskSpec, split: str) -> list[dict[str, str]]:
     if not cases:
         raise MedSAValueError(f"Task {spec.name!r}: split {split!r} of {spec.source_name()} lists no case.")
     return cases
+
+
+def _index_case(spec: TaskSpec, split: str, row: Any) -> dict[str, str]:
+    """One index row as {case_id, image, label}. A row whose keys do not match the spec's columns, or whose image
+    or mask column holds no path (e.g. a list of organ names), means a wrong spec: named with what was found."""
+    expected = [spec.image_column, spec.mask_column] + ([spec.case_id_column] if spec.case_id_column else [])
+    keys = {key: type(value).__name__ for key, value in row.items()} if isinstance(row, Mapping) else {}
+    missing = [key for key in expected if key not in keys]
+    not_paths = [key for key in expected[:2] if keys.get(key, "str") != "str"]
+    if missing or not_paths:
+        problem = f"no key(s) {missing}" if missing else f"no file path under {not_paths}"
+        raise MedSAValueError(
+            f"Task {spec.name!r}: the rows of {spec.index.format(split=split)} in {spec.source_name()} have "
+            f"{problem}. The spec expects keys {expected} (image_column, mask_column[, case_id_column]), paths "
+            f"under the first two; found {keys or repr(row)}. Fix the spec's columns."
+        )
+    case_id = row[spec.case_id_column] if spec.case_id_column else Path(row[spec.image_column]).name
+    return {"case_id": str(case_id), "image": row[spec.image_column], "label": row[spec.mask_column]}
 
 
 def _fetch(spec: TaskSpec, relative: str) -> Path:

@@ -72,8 +72,9 @@ class TaskSpec:
     `labels` maps mask values to class names (0 is background and implicit). `mask_encoding: binary` turns
     masks stored as 0/255 (possibly lossy, e.g. JPEG) into class 1 with `mask > mask_threshold`.
     `target_spacing` (dz, dy, dx in mm; `null` keeps an axis) resamples volumes before slicing.
-    `verified` says whether the column names and layout were checked against the real source, and
-    `verified_from` names the page (dataset card, viewer, file tree) that was checked.
+    `verified` says whether a dataset card, viewer or file tree of the source confirmed the columns (or file
+    names) and splits one by one; `verified_from` names that page. `note` says, for an unverified source, what
+    was searched and what was (not) seen.
     """
 
     name: str
@@ -105,6 +106,7 @@ class TaskSpec:
     target_spacing: tuple[float | None, float | None, float | None] | None = None
     verified: bool = False
     verified_from: str | None = None
+    note: str = ""
     description: str = ""
     license: str = "unknown"
     homepage: str | None = None
