@@ -23,10 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from peft import PeftModel
 from transformers import EvalPrediction, SamImageProcessorPil
 
 from ..data import SamDataCollator, load_task, resolve_task
 from ..errors import MedSAValueError
+from ..families import family_of
 from ..mask_selection import predict_masks, select_masks
 from ..predict import atomic_write, default_device
 from .losses import resize_mask_logits
@@ -170,6 +172,7 @@ def evaluate(
     present, else the CPU) in eval mode.
     """
     spec = resolve_task(task)
+    check_takes_volumes(model, depth is not None)
     if examples is None:
         examples = evaluation_set(
             spec,
@@ -219,6 +222,17 @@ def evaluate(
             boxes, task=spec.name, split=split, prompt=prompt, prompt_seed=prompt_seed, examples=len(examples)
         ).quality()
     return report
+
+
+def check_takes_volumes(model: torch.nn.Module, volumes: bool) -> None:
+    """`--depth` (3-D chunks through SD-Trans) asks for SAM; other families take volumes slice by slice."""
+    family = family_of(model.get_base_model() if isinstance(model, PeftModel) else model)
+    if volumes and not family.takes_volumes:
+        raise MedSAValueError(
+            f"--depth (chunks of slices through SD-Trans, the depth branch) is SAM-only; this is a {family.name} "
+            "model, which trains and is evaluated on volumes slice by slice (omit --depth) and segments a volume "
+            "by propagating prompts through its memory (`medsa predict VOLUME --slices K`)."
+        )
 
 
 def box_logits(input_boxes: torch.Tensor, input_size: int) -> torch.Tensor:
