@@ -15,7 +15,7 @@ from transformers import Sam2Model, Sam2VideoConfig, Sam2VideoModel
 from peft_medsa import MedSAValueError
 from peft_medsa.cli import main
 from peft_medsa.data.preprocessing import preprocessor_for
-from peft_medsa.predict import load_model
+from peft_medsa.predict import Prompt, _prompt_tensors, load_model
 
 DEPTH = 7
 
@@ -173,3 +173,11 @@ def test_checkpoints_the_pipeline_cannot_take(tmp_path):
         MedSAValueError, match=r"is a 'edgetam' checkpoint; .*RepViT image encoder \(a timm model\)"
     ):
         load_model(str(tmp_path / "edgetam"), None)
+
+
+def test_sam2_prompts_are_scaled_per_axis_into_the_stretched_frame():
+    sam2 = preprocessor_for(Sam2Model(tiny_sam2_config()).config)
+    tensors = _prompt_tensors([Prompt([(10.0, 20.0)], box=(5.0, 5.0, 30.0, 25.0))], sam2.prompt_scale(40, 50))
+    # x by 64 / 50, y by 64 / 40 (float32 products)
+    torch.testing.assert_close(tensors["input_boxes"], torch.tensor([[[6.4, 8.0, 38.4, 40.0]]]))
+    torch.testing.assert_close(tensors["input_points"], torch.tensor([[[[12.8, 32.0]]]]))
