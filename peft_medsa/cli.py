@@ -19,7 +19,10 @@ from pathlib import Path
 from . import __version__
 from .errors import MedSAError, MedSAFileNotFoundError, MedSAValueError
 
-MODEL_HELP = "SAM, SAM 2 or SAM 3 tracker checkpoint: Hub id (facebook/sam-vit-base, facebook/sam2.1-hiera-tiny) or folder"
+MODEL_HELP = (
+    "SAM, SAM 2 or SAM 3 tracker checkpoint: Hub id (facebook/sam-vit-base, facebook/sam2.1-hiera-tiny) "
+    "or folder"
+)
 EPILOG = (
     "Prompts: 2-D images in pixels (x = column, y = row); volumes in the file's voxel indices (i, j on "
     "slice k of the third axis, as ITK-SNAP and 3D Slicer show them). See `medsa COMMAND --help`."

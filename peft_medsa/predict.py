@@ -155,9 +155,8 @@ class Segmenter:
         self.preprocessor = preprocessor_for(model.config)
         self.image_size = self.preprocessor.image_size
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a PeftModel
-        self.video = hasattr(
-            base, "propagate_in_video_iterator"
-        )  # a video model: volumes only, by propagation
+        # A video model segments volumes only, by propagation.
+        self.video = hasattr(base, "propagate_in_video_iterator")
         self.intensity = intensity or IntensityPolicy("percentile")
         peft_config = getattr(model, "peft_config", {}).get("default")
         self.depth_attention = bool(peft_config and peft_config.depth_attention)
@@ -254,9 +253,8 @@ def _prompt_tensors(prompts: Sequence[Prompt], scale: tuple[float, float]) -> di
         raise MedSAValueError("Give every slice a box, or none of them.")
     tensors = {}
     if kinds.pop():
-        tensors["input_boxes"] = torch.tensor([[p.box] for p in prompts], dtype=torch.float32) * scale.repeat(
-            2
-        )  # (n, 1, 4)
+        boxes = torch.tensor([[p.box] for p in prompts], dtype=torch.float32)  # (n, 1, 4)
+        tensors["input_boxes"] = boxes * scale.repeat(2)  # x1, y1, x2, y2
     counts = {len(p.points) + len(p.negative_points) for p in prompts}
     if counts != {0}:
         if len(counts) != 1:
@@ -472,9 +470,8 @@ def _canonical_prompts(
     for k, prompt in prompts.items():
         prompt.check(width, height, f"{where}, slice {k}", axes="i, j" if x_axis == 0 else "x, y")
         d = round(layout.to_canonical(_voxel(layout, 0, 0, k))[0])
-        canonical[d] = prompt.moved(
-            lambda x, y, k=k: layout.to_canonical(_voxel(layout, x, y, k))[:0:-1]
-        )  # (w, h)
+        # (x, y) on file slice k -> (w, h) on canonical slice d
+        canonical[d] = prompt.moved(lambda x, y, k=k: layout.to_canonical(_voxel(layout, x, y, k))[:0:-1])
         file_slices[d] = k
     return canonical, file_slices
 

@@ -29,8 +29,8 @@ def load_sam(name_or_path: str, video: bool | None = False) -> nn.Module:
     """The model at a local folder or Hub id, of the class its config's `model_type` names (SAM, SAM 2 or SAM 3
     tracker: `peft_medsa.families`); a missing, unreachable, unreadable or foreign checkpoint is named.
 
-    `video=False` loads the image model (training, evaluation, 2-D prediction; a SAM 2 video checkpoint, as every
-    `facebook/sam2*` one, loads its image parts). `True` loads the video model, which propagates prompts through a
+    `video=False` loads the image model (training, evaluation, 2-D prediction; a SAM 2 video checkpoint, such as
+    `facebook/sam2.1-hiera-tiny`, loads its image parts). `True` loads the video model, which propagates prompts through a
     volume, and needs a video checkpoint (one with memory weights). `None`: the video model if the checkpoint is
     one, else the image model.
     """

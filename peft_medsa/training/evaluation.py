@@ -263,7 +263,8 @@ def to_original_grid(
 ) -> torch.Tensor:
     """Mask logits (P, h, w) at the decoder's resolution -> boolean masks (P, H, W) on the original image grid,
     with `SamImageProcessor.post_process_masks`: upscale to the padded input (S, S), drop the padding (the
-    resized image is `reshaped_size`), resize to `original_size`, threshold at logit 0."""
+    resized image is `reshaped_size`), resize to `original_size`, threshold at logit 0. SAM 2's stretched input
+    has no padding (`reshaped_size` is (S, S)): the same steps then resize the square back to the image."""
     [masks] = _POST_PROCESSOR.post_process_masks(
         [logits[None].float()],
         [tuple(int(v) for v in original_size)],
