@@ -19,6 +19,10 @@ from pathlib import Path
 from . import __version__
 from .errors import MedSAError, MedSAFileNotFoundError, MedSAValueError
 
+MODEL_HELP = (
+    "SAM, SAM 2 or SAM 3 tracker checkpoint: Hub id (facebook/sam-vit-base, facebook/sam2.1-hiera-tiny) "
+    "or folder"
+)
 EPILOG = (
     "Prompts: 2-D images in pixels (x = column, y = row); volumes in the file's voxel indices (i, j on "
     "slice k of the third axis, as ITK-SNAP and 3D Slicer show them). See `medsa COMMAND --help`."
@@ -45,14 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     evaluate = commands.add_parser("eval", help="score an adapter (or a bare SAM) on a task split")
-    evaluate.add_argument("--model", required=True, help="SAM checkpoint: Hub id or folder")
+    evaluate.add_argument("--model", required=True, help=MODEL_HELP)
     evaluate.add_argument("--adapter", help="Med-SA adapter folder or Hub id (omit: the bare SAM)")
     evaluate.add_argument("--task", required=True, help="registered task name or task YAML/JSON file")
     evaluate.add_argument("--data-dir", help="local copy of a Hub task")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--prompt", default="box", help="1-click, 3-click, box, bbox-0.5, bbox-0.75")
     evaluate.add_argument("--prompt-seed", type=int, default=0)
-    evaluate.add_argument("--depth", type=int, help="volumes: SD-Trans chunks of this many slices")
+    evaluate.add_argument("--depth", type=int, help="volumes, SAM only: SD-Trans chunks of this many slices")
     evaluate.add_argument("--max-samples", type=int)
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument(
@@ -73,14 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write the mask in the input's format and geometry (NIfTI/NRRD: same shape, affine and "
         "header; DICOM: a DICOM-SEG in a new series, saved as .dcm), and an overlay PNG to look at. Prompts: "
         "2-D images in pixels, x = column, y = row; volumes in the file's voxel indices as ITK-SNAP and 3D "
-        "Slicer show them: --point I J / --box I1 J1 I2 J2 on slice K of the third voxel axis (--slices).",
+        "Slicer show them: --point I J / --box I1 J1 I2 J2 on slice K of the third voxel axis (--slices). "
+        "SAM segments the prompted slices; a SAM 2-family video checkpoint (e.g. facebook/sam2.1-hiera-tiny) "
+        "takes them as key slices and propagates them through the volume in both directions (--propagate).",
     )
     predict.add_argument(
         "input",
         type=Path,
         help="image (.png .jpg .dcm) or volume (.nii .nii.gz .nrrd, a DICOM series folder)",
     )
-    predict.add_argument("--model", required=True, help="SAM checkpoint: Hub id or folder")
+    predict.add_argument("--model", required=True, help=MODEL_HELP)
     predict.add_argument("--adapter", help="Med-SA adapter folder or Hub id (omit: the bare SAM)")
     predict.add_argument(
         "--point",
@@ -106,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="volumes: slices K (third voxel axis) for --point/--box: K or START:STOP (default: all)",
     )
     predict.add_argument("--boxes-file", type=Path, help='volumes: JSON {"K": [i1, j1, i2, j2], ...}')
+    predict.add_argument(
+        "--propagate",
+        metavar="START:STOP",
+        help="volumes with a SAM 2-family video checkpoint: the slices K the prompts are carried to (STOP "
+        "excluded; default: the whole volume); the others stay empty",
+    )
     predict.add_argument(
         "--depth", type=int, default=8, help="volumes with an SD-Trans adapter: slices per chunk"
     )
@@ -250,6 +262,7 @@ def _tasks(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
+    from .data.readers import NIFTI_SUFFIXES, NRRD_SUFFIXES, file_suffix
     from .predict import Segmenter, load_model, predict_file, write_overlay
 
     if not args.input.exists():
@@ -257,8 +270,12 @@ def _predict(args: argparse.Namespace) -> None:
     overlay = args.overlay or args.output.with_name(args.output.name.split(".")[0] + ".overlay.png")
     _refuse_overwrite([args.output, overlay], args.overwrite)
     prompts = _prompts(args)
-    segmenter = Segmenter(load_model(args.model, args.adapter), device=args.device)
-    shown = predict_file(segmenter, args.input, args.output, prompts, depth=args.depth)
+    propagate = _slice_range(args.propagate, "--propagate") if args.propagate else None
+    volume = args.input.is_dir() or file_suffix(args.input) in NIFTI_SUFFIXES + NRRD_SUFFIXES
+    # Volumes go to the video model where the checkpoint has one (SAM 2 family): it propagates the prompts.
+    model = load_model(args.model, args.adapter, video=None if volume else False)
+    segmenter = Segmenter(model, device=args.device)
+    shown = predict_file(segmenter, args.input, args.output, prompts, depth=args.depth, propagate=propagate)
     write_overlay(shown.image, shown.mask, shown.prompt, overlay)
     print(
         f"mask: {args.output} ({int(shown.mask.sum())} px on slice {shown.slice_index}); overlay: {overlay}"
@@ -293,18 +310,18 @@ def _prompts(args: argparse.Namespace):
     return prompt if args.slices is None else dict.fromkeys(_slice_range(args.slices), prompt)
 
 
-def _slice_range(text: str) -> range:
+def _slice_range(text: str, option: str = "--slices") -> range:
     """`K` or `START:STOP` (STOP excluded), whole numbers >= 0."""
     match = re.fullmatch(r"(\d+)(?::(\d+))?", text.strip())
     if not match:
         raise MedSAValueError(
-            f"--slices {text!r}: expected K or START:STOP with whole numbers >= 0 (e.g. 10:20, STOP excluded)."
+            f"{option} {text!r}: expected K or START:STOP with whole numbers >= 0 (e.g. 10:20, STOP excluded)."
         )
     start = int(match[1])
     stop = int(match[2]) if match[2] is not None else start + 1
     if stop <= start:
         raise MedSAValueError(
-            f"--slices {text!r}: START must be smaller than STOP (STOP is excluded), e.g. 3:6."
+            f"{option} {text!r}: START must be smaller than STOP (STOP is excluded), e.g. 3:6."
         )
     return range(start, stop)
 

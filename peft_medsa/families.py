@@ -11,6 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import nn
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    IMAGENET_STANDARD_MEAN,
+    IMAGENET_STANDARD_STD,
+)
+
+from .errors import MedSAValueError
 
 DECODER_BLOCKS = r"mask_decoder\.transformer\.layers\.\d+"
 
@@ -26,6 +34,31 @@ class SamFamily:
     attention: str | None
     # Whether 5-D volumes run through the image encoder (SD-Trans). SAM 2 models take volumes as videos instead.
     takes_volumes: bool
+    # The transformers classes a checkpoint loads as: the image model (training, evaluation, 2-D prediction), the
+    # video model (propagation through a volume, None for SAM), and the processor whose preparation the data
+    # pipeline repeats (peft_medsa.data.preprocessing).
+    image_model: str
+    video_model: str | None
+    processor: str
+    # The processor's frame: SAM resizes the longest side and pads to the square input; SAM 2 and the SAM 3
+    # tracker stretch the image to the square. Then both normalise with the family's statistics.
+    keeps_aspect_ratio: bool
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+
+    def model_class(self, video: bool = False) -> type[nn.Module]:
+        """The transformers class of the image model, or of the video model with `video=True`."""
+        import transformers
+
+        return getattr(transformers, self.video_model if video else self.image_model)
+
+    def model_types(self) -> dict[str, bool]:
+        """The `model_type`s of this family's checkpoint configs -> whether the checkpoint is a video model (one
+        whose memory weights propagate a prompt through a volume)."""
+        types = {self.model_class().config_class.model_type: False}
+        if self.video_model is not None:
+            types[self.model_class(video=True).config_class.model_type] = True
+        return types
 
     def target_regex(self, decoder_adapters: bool) -> str:
         """The modules one adapter wraps: every image-encoder block (or its attention and MLP), and the decoder's
@@ -51,13 +84,31 @@ class SamFamily:
         return blocks
 
 
-SAM = SamFamily("SAM", "SamModel, SamHQModel", "vision_encoder.layers", attention=None, takes_volumes=True)
+SAM = SamFamily(
+    "SAM",
+    "SamModel, SamHQModel",
+    "vision_encoder.layers",
+    attention=None,
+    takes_volumes=True,
+    image_model="SamModel",
+    video_model=None,
+    processor="SamProcessor",
+    keeps_aspect_ratio=True,
+    image_mean=tuple(IMAGENET_DEFAULT_MEAN),
+    image_std=tuple(IMAGENET_DEFAULT_STD),
+)
 SAM2 = SamFamily(
     "SAM 2",
     "Sam2Model, Sam2VideoModel",
     "vision_encoder.backbone.blocks",
     attention="attn",
     takes_volumes=False,
+    image_model="Sam2Model",
+    video_model="Sam2VideoModel",
+    processor="Sam2Processor",
+    keeps_aspect_ratio=False,
+    image_mean=tuple(IMAGENET_DEFAULT_MEAN),
+    image_std=tuple(IMAGENET_DEFAULT_STD),
 )
 SAM3_TRACKER = SamFamily(
     "SAM 3 tracker",
@@ -65,6 +116,12 @@ SAM3_TRACKER = SamFamily(
     "vision_encoder.backbone.layers",
     attention="attention",
     takes_volumes=False,
+    image_model="Sam3TrackerModel",
+    video_model="Sam3TrackerVideoModel",
+    processor="Sam3TrackerProcessor",
+    keeps_aspect_ratio=False,
+    image_mean=tuple(IMAGENET_STANDARD_MEAN),
+    image_std=tuple(IMAGENET_STANDARD_STD),
 )
 FAMILIES = (SAM, SAM2, SAM3_TRACKER)
 
@@ -89,6 +146,22 @@ def family_of(model: nn.Module) -> SamFamily:
         f"Med-SA adapts Segment Anything models ({supported}); got {name}, which has "
         + (reason or "none of their image-encoder block layouts and no `mask_decoder.transformer`.")
         + " Load one of those classes with `from_pretrained(...)`."
+    )
+
+
+def family_of_checkpoint(model_type: str | None, where: str) -> SamFamily:
+    """The SAM generation of a checkpoint, from its config's `model_type`; a clear MedSAValueError naming `where`
+    (the checkpoint) for anything else."""
+    for family in FAMILIES:
+        if model_type in family.model_types():
+            return family
+    reason = next(
+        (why for prefix, why in UNSUPPORTED.items() if (model_type or "").startswith(prefix.lower())), ""
+    )
+    supported = ", ".join(t for family in FAMILIES for t in family.model_types())
+    raise MedSAValueError(
+        f"{where} is a {model_type!r} checkpoint; Med-SA takes checkpoints of type {supported} "
+        f"(e.g. facebook/sam-vit-base, facebook/sam2.1-hiera-tiny). {reason}".strip()
     )
 
 

@@ -24,6 +24,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from peft import PeftModel
 
 from .errors import MedSAConnectionError, MedSAFileError, MedSAFileNotFoundError, MedSAValueError
+from .families import SamFamily, family_of
 from .writing import atomic_write
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
@@ -117,7 +118,11 @@ def build_model_card(
         data_license=data_license,
         trainable_parameters=f"{trainable:,}",
         trainable_percent=f"{100 * trainable / (total - trainable):.2f} %",
-        usage=_usage(base_model or "facebook/sam-vit-base", repo_id or "path/to/this/adapter"),
+        usage=_usage(
+            base_model or "facebook/sam-vit-base",
+            repo_id or "path/to/this/adapter",
+            family_of(model.get_base_model()),
+        ),
         eval_split=eval_split,
         eval_protocol=eval_protocol,
         results=[
@@ -313,14 +318,15 @@ def _hub_model_id(name: str | None) -> str | None:
     return name
 
 
-def _usage(base_model: str, adapter: str) -> str:
+def _usage(base_model: str, adapter: str, family: SamFamily) -> str:
+    model, processor = family.image_model, family.processor
     return (
         "import peft_medsa  # registers Med-SA with peft\n"
         "from peft import PeftModel\n"
-        "from transformers import SamModel, SamProcessor\n\n"
-        f'base = SamModel.from_pretrained("{base_model}")\n'
+        f"from transformers import {model}, {processor}\n\n"
+        f'base = {model}.from_pretrained("{base_model}")\n'
         f'model = PeftModel.from_pretrained(base, "{adapter}").eval()\n'
-        f'processor = SamProcessor.from_pretrained("{base_model}")  # resize, pad, normalise; rescale prompts'
+        f'processor = {processor}.from_pretrained("{base_model}")  # prepares images, rescales prompts'
     )
 
 

@@ -36,7 +36,7 @@ from PIL import Image
 from scipy.ndimage import binary_erosion
 from tqdm.auto import tqdm
 
-from .data.preprocessing import SamPreprocessor, to_rgb, to_uint8
+from .data.preprocessing import preprocessor_for, to_rgb, to_uint8
 from .data.readers import (
     DICOM_SUFFIXES,
     NIFTI_SUFFIXES,
@@ -134,7 +134,9 @@ def read_boxes_file(path: Path) -> dict[int, Prompt]:
 
 
 class Segmenter:
-    """Runs a (Med-SA adapted) SamModel on raw 2-D slices with prompts in their own pixel frame."""
+    """Runs a (Med-SA adapted) SAM, SAM 2 or SAM 3 tracker model on raw 2-D slices with prompts in their own pixel
+    frame; a SAM 2-family video model (`load_model(..., video=True)`) instead propagates prompts on key slices
+    through a volume (`propagate`)."""
 
     def __init__(
         self,
@@ -144,9 +146,11 @@ class Segmenter:
     ):
         self.device = _device(device)
         self.model = model.eval().to(self.device)
-        vision = model.config.vision_config
-        self.image_size = vision.image_size
-        self.preprocessor = SamPreprocessor(self.image_size, 4 * (self.image_size // vision.patch_size))
+        self.preprocessor = preprocessor_for(model.config)
+        self.image_size = self.preprocessor.image_size
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a PeftModel
+        # A video model segments volumes only, by propagation.
+        self.video = hasattr(base, "propagate_in_video_iterator")
         self.intensity = intensity or IntensityPolicy("percentile")
         peft_config = getattr(model, "peft_config", {}).get("default")
         self.depth_attention = bool(peft_config and peft_config.depth_attention)
@@ -167,6 +171,11 @@ class Segmenter:
     def embed(self, images: Sequence[np.ndarray]) -> SliceEmbeddings:
         """The image encoder's output for n 8-bit images: the costly step, computed once per image and reused
         for every prompt (`decode`)."""
+        if self.video:
+            raise MedSAValueError(
+                f"This Segmenter holds a video model ({type(self.model).__name__}), which segments volumes by "
+                "propagation; for 2-D images load the image model: load_model(base, adapter)."
+            )
         images = [to_rgb(image) for image in images]
         height, width = images[0].shape[:2]
         processed = self.preprocessor(images, [np.zeros((height, width), np.uint8)] * len(images))
@@ -177,7 +186,7 @@ class Segmenter:
             self.model.get_image_embeddings(pixel_values.to(self.device)),
             processed.original_size,
             processed.reshaped_size,
-            self.image_size / max(height, width),
+            self.preprocessor.prompt_scale(height, width),
         )
 
     @torch.no_grad()
@@ -199,15 +208,25 @@ class Segmenter:
         )
         return np.stack([m[0, 0].numpy() for m in masks]), iou[torch.arange(n), best].numpy()
 
+    def propagate(
+        self, volume: np.ndarray, prompts: Mapping[int, Prompt], slices: range | None = None
+    ) -> np.ndarray:
+        """Binary masks (D, H, W) of a uint8 volume (D, H, W) from prompts on key slices, carried through
+        `slices` (default: all) in both directions by the video model's memory (`peft_medsa.video.propagate`)."""
+        from .video import propagate
+
+        return propagate(self.model, volume, prompts, slices)
+
 
 @dataclass
 class SliceEmbeddings:
-    """Image embeddings of n slices (n, C, E, E) and the sizes that map the decoder's masks back to the input."""
+    """Image embeddings of n slices (SAM: (n, C, E, E); SAM 2: its list of feature maps) and the sizes that map
+    the decoder's masks back to the input."""
 
-    tensor: torch.Tensor
+    tensor: torch.Tensor | list[torch.Tensor]
     original_size: tuple[int, int]
     reshaped_size: tuple[int, int]
-    scale: float  # model frame / input pixel frame, for the prompts
+    scale: tuple[float, float]  # (x, y): model frame / input pixel frame, for the prompts
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -220,16 +239,16 @@ def _device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def _prompt_tensors(prompts: Sequence[Prompt], scale: float) -> dict[str, torch.Tensor]:
+def _prompt_tensors(prompts: Sequence[Prompt], scale: tuple[float, float]) -> dict[str, torch.Tensor]:
     """SamModel's prompt inputs for n prompts, rescaled to the model frame (all with boxes, or all without)."""
+    scale = torch.tensor(scale, dtype=torch.float32)  # (x, y)
     kinds = {p.box is not None for p in prompts}
     if len(kinds) != 1:
         raise MedSAValueError("Give every slice a box, or none of them.")
     tensors = {}
     if kinds.pop():
-        tensors["input_boxes"] = (
-            torch.tensor([[p.box] for p in prompts], dtype=torch.float32) * scale
-        )  # (n, 1, 4)
+        boxes = torch.tensor([[p.box] for p in prompts], dtype=torch.float32)  # (n, 1, 4)
+        tensors["input_boxes"] = boxes * scale.repeat(2)  # x1, y1, x2, y2
     counts = {len(p.points) + len(p.negative_points) for p in prompts}
     if counts != {0}:
         if len(counts) != 1:
@@ -338,11 +357,15 @@ def predict_file(
     output_path: str | Path,
     prompts: Prompt | Mapping[int, Prompt],
     depth: int = 8,
+    propagate: range | None = None,
 ) -> Prediction:
     """Segment `input_path` and write the mask to `output_path` in the input's format and geometry.
 
     `prompts` is one prompt (for a 2-D image, or for every slice of a volume) or a mapping slice k -> prompt,
-    in the frame the module describes. Returns the middle prompted slice, for an overlay.
+    in the frame the module describes. A SAM or SAM 2 image model segments the prompted slices of a volume, each
+    on its own (SD-Trans: `depth` slices together); a SAM 2-family video model takes them as key slices and
+    propagates them through the file slices `propagate` (default: all), leaving the other slices empty.
+    Returns the middle prompted slice, for an overlay.
     """
     input_path, output_path = Path(input_path), Path(output_path)
     suffix = file_suffix(input_path)
@@ -352,7 +375,7 @@ def predict_file(
                 f"The output {output_path} must be a .dcm file for the DICOM series {input_path} "
                 "(the mask is one DICOM Segmentation object)."
             )
-        return _predict_volume(segmenter, input_path, output_path, prompts, depth)
+        return _predict_volume(segmenter, input_path, output_path, prompts, depth, propagate)
     if suffix not in SUPPORTED:
         raise MedSAFileError(
             f"{input_path}: unsupported format {suffix!r}; use one of {', '.join(SUPPORTED)}."
@@ -363,7 +386,9 @@ def predict_file(
             + (" (the mask is a DICOM Segmentation object)." if suffix in DICOM_SUFFIXES else ".")
         )
     if suffix in NIFTI_SUFFIXES + NRRD_SUFFIXES:
-        return _predict_volume(segmenter, input_path, output_path, prompts, depth)
+        return _predict_volume(segmenter, input_path, output_path, prompts, depth, propagate)
+    if propagate is not None:
+        raise MedSAValueError(f"{input_path} is a 2-D image: there are no slices to propagate through.")
     if isinstance(prompts, Mapping):
         if list(prompts) != [0]:
             raise MedSAValueError(
@@ -392,15 +417,25 @@ def _predict_volume(
     output_path: Path,
     prompts: Prompt | Mapping[int, Prompt],
     depth: int,
+    propagate: range | None = None,
 ) -> Prediction:
     volume = read_volume(input_path)
     _check_contrast(volume.array, str(input_path))
     canonical, file_slices = _canonical_prompts(volume.layout, prompts, str(input_path))
     gray = to_uint8(volume.array, segmenter.intensity)  # one mapping for the whole volume, as in training
-    mask = np.zeros(volume.array.shape, dtype=np.uint8)
-    runs = _consecutive_runs(sorted(canonical), depth if segmenter.depth_attention else 1)
-    for run in tqdm(runs, desc="slices", unit="chunk", disable=len(runs) < 4):
-        mask[run] = segmenter.segment([gray[d] for d in run], [canonical[d] for d in run])
+    if segmenter.video:
+        slices = _canonical_range(volume.layout, propagate, file_slices, str(input_path))
+        mask = segmenter.propagate(gray, canonical, slices).astype(np.uint8)
+    elif propagate is not None:
+        raise MedSAValueError(
+            f"Propagating prompts through slices needs a SAM 2-family video checkpoint (e.g. "
+            f"facebook/sam2.1-hiera-tiny); {type(segmenter.model).__name__} segments the prompted slices only."
+        )
+    else:
+        mask = np.zeros(volume.array.shape, dtype=np.uint8)
+        runs = _consecutive_runs(sorted(canonical), depth if segmenter.depth_attention else 1)
+        for run in tqdm(runs, desc="slices", unit="chunk", disable=len(runs) < 4):
+            mask[run] = segmenter.segment([gray[d] for d in run], [canonical[d] for d in run])
     write = {".nii": _write_nifti, ".nii.gz": _write_nifti, ".nrrd": _write_nrrd, ".nhdr": _write_nrrd}.get(
         file_suffix(input_path), _write_dicom_seg
     )
@@ -415,13 +450,7 @@ def _canonical_prompts(
     """Prompts (x, y) on file slices k, in the file's `prompt_axes` -> prompts on canonical slices d with
     (x=w, y=h), and each canonical slice's file index k."""
     _check_slice_axis(layout, where)
-    x_axis, y_axis, k_axis = layout.prompt_axes
-
-    def voxel(x: float, y: float, k: int) -> tuple[float, float, float]:
-        index = [0.0, 0.0, 0.0]
-        index[x_axis], index[y_axis], index[k_axis] = x, y, k
-        return tuple(index)
-
+    x_axis = layout.prompt_axes[0]
     width, height, depth = (layout.shape[axis] for axis in layout.prompt_axes)
     if isinstance(prompts, Prompt):
         prompts = dict.fromkeys(range(depth), prompts)
@@ -434,10 +463,43 @@ def _canonical_prompts(
     canonical, file_slices = {}, {}
     for k, prompt in prompts.items():
         prompt.check(width, height, f"{where}, slice {k}", axes="i, j" if x_axis == 0 else "x, y")
-        d = round(layout.to_canonical(voxel(0, 0, k))[0])
-        canonical[d] = prompt.moved(lambda x, y, k=k: layout.to_canonical(voxel(x, y, k))[:0:-1])  # (w, h)
+        d = round(layout.to_canonical(_voxel(layout, 0, 0, k))[0])
+        # (x, y) on file slice k -> (w, h) on canonical slice d
+        canonical[d] = prompt.moved(lambda x, y, k=k: layout.to_canonical(_voxel(layout, x, y, k))[:0:-1])
         file_slices[d] = k
     return canonical, file_slices
+
+
+def _canonical_range(
+    layout: FileLayout, propagate: range | None, file_slices: Mapping[int, int], where: str
+) -> range:
+    """The canonical slices d of the file slices k in `propagate` (default: all), which must hold every key slice;
+    the slice axis is the file's third (checked), so the file range is a canonical range, maybe reversed."""
+    depth = layout.shape[layout.prompt_axes[2]]
+    propagate = range(depth) if propagate is None else propagate
+    if propagate.step != 1 or not 0 <= propagate.start < propagate.stop <= depth:
+        raise MedSAValueError(
+            f"{where}: cannot propagate through slices {propagate.start}:{propagate.stop}; expected START:STOP "
+            f"within 0:{depth} (STOP excluded)."
+        )
+    outside = sorted(k for k in file_slices.values() if k not in propagate)
+    if outside:
+        raise MedSAValueError(
+            f"{where}: prompted slices {outside} lie outside the slices to propagate through "
+            f"({propagate.start}:{propagate.stop}); widen the range or prompt slices inside it."
+        )
+    ends = [
+        round(layout.to_canonical(_voxel(layout, 0, 0, k))[0]) for k in (propagate.start, propagate.stop - 1)
+    ]
+    return range(min(ends), max(ends) + 1)
+
+
+def _voxel(layout: FileLayout, x: float, y: float, k: float) -> tuple[float, float, float]:
+    """The file voxel index of prompt-frame point (x, y) on file slice k."""
+    index = [0.0, 0.0, 0.0]
+    x_axis, y_axis, k_axis = layout.prompt_axes
+    index[x_axis], index[y_axis], index[k_axis] = x, y, k
+    return tuple(index)
 
 
 def _check_slice_axis(layout: FileLayout, where: str) -> None:
@@ -568,7 +630,8 @@ def draw_overlay(
     return rgb
 
 
-def load_model(base: str, adapter: str | None) -> torch.nn.Module:
-    """A SamModel, with the Med-SA adapter at `adapter` when given."""
-    model = load_sam(base)
+def load_model(base: str, adapter: str | None, video: bool | None = False) -> torch.nn.Module:
+    """The SAM, SAM 2 or SAM 3 tracker model at `base`, with the Med-SA adapter at `adapter` when given (an adapter
+    trained on a SAM 2 image model loads onto its video model). `video`: see `peft_medsa.pretrained.load_sam`."""
+    model = load_sam(base, video)
     return load_adapter(model, adapter) if adapter else model

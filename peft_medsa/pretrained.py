@@ -18,22 +18,42 @@ from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError
 from torch import nn
 
-from .errors import MedSAConnectionError, MedSAFileError, MedSAFileNotFoundError
+from .errors import MedSAConnectionError, MedSAFileError, MedSAFileNotFoundError, MedSAValueError
+from .families import family_of_checkpoint
 from .validation import load_data_file
 
 # Seconds the Hub gets to answer whether a repository exists, before it counts as unreachable.
 HUB_TIMEOUT = 3.0
 
 
-def load_sam(name_or_path: str) -> nn.Module:
-    """The SamModel at a local folder or Hub id; a missing, unreachable or unreadable checkpoint is named."""
-    from transformers import SamModel
+def load_sam(name_or_path: str, video: bool | None = False) -> nn.Module:
+    """The model at a local folder or Hub id, of the class its config's `model_type` names (SAM, SAM 2 or SAM 3
+    tracker: `peft_medsa.families`); a missing, unreachable, unreadable or foreign checkpoint is named.
+
+    `video=False` loads the image model (training, evaluation, 2-D prediction; a SAM 2 video checkpoint, such as
+    `facebook/sam2.1-hiera-tiny`, loads its image parts). `True` loads the video model, which propagates prompts through a
+    volume, and needs a video checkpoint (one with memory weights). `None`: the video model if the checkpoint is
+    one, else the image model.
+    """
+    from transformers import PretrainedConfig
 
     kwargs = hub_kwargs(name_or_path, "SAM checkpoint", "config.json")
+    where = f"SAM checkpoint {name_or_path}"
     try:
-        return SamModel.from_pretrained(name_or_path, **kwargs)
+        model_type = PretrainedConfig.get_config_dict(name_or_path, **kwargs)[0].get("model_type")
+        family = family_of_checkpoint(model_type, where)
+        is_video = family.model_types()[model_type]
+        if video and not is_video:
+            raise MedSAValueError(
+                f"{where} is a {family.name} image checkpoint ({model_type!r}) without the memory weights that "
+                "propagate a prompt through a volume; use a video checkpoint of the family"
+                + (" (e.g. facebook/sam2.1-hiera-tiny)." if family.video_model else ": SAM has none.")
+            )
+        return family.model_class(video=is_video if video is None else video).from_pretrained(
+            name_or_path, **kwargs
+        )
     except (OSError, SafetensorError) as error:  # the folder or cache entry lacks readable weights
-        raise MedSAFileError(f"SAM checkpoint {name_or_path}: {' '.join(str(error).split())}") from error
+        raise MedSAFileError(f"{where}: {' '.join(str(error).split())}") from error
 
 
 def load_adapter(model: nn.Module, name_or_path: str) -> nn.Module:

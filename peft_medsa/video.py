@@ -5,10 +5,11 @@ encoder + memory attention) carries the object from the prompted slices to their
 The model is `Sam2VideoModel` or `Sam3TrackerVideoModel`, bare or with a Med-SA adapter (a `Sam2Model` adapter loads
 onto `Sam2VideoModel` of the same checkpoint: the adapter keys are the same).
 
-Frames are prepared here, not by `Sam2VideoProcessor`: transformers' SAM 2 processors need torchvision, which this
-package does not require. The preparation is the processor's: resize each slice to the model's square input size
-(bilinear), scale to [0, 1], normalise with the family's mean and std; prompts are scaled the same way and the
-predicted masks are resized back to the slice size (bilinear on the logits, then thresholded at 0).
+Frames are prepared as the image path prepares training slices (`peft_medsa.data.preprocessing.preprocessor_for`),
+not by `Sam2VideoProcessor`: transformers' SAM 2 processors need torchvision, which this package does not require.
+The preparation is the processor's: stretch each slice to the model's square input size (bilinear), scale to
+[0, 1], normalise with the family's mean and std; prompts are scaled the same way and the predicted masks are
+resized back to the slice size (bilinear on the logits, then thresholded at 0).
 """
 
 from __future__ import annotations
@@ -21,23 +22,14 @@ import torch.nn.functional as F
 from peft import PeftModel
 from torch import nn
 from transformers import Sam2VideoInferenceSession, Sam3TrackerVideoInferenceSession
-from transformers.image_utils import (
-    IMAGENET_DEFAULT_MEAN,
-    IMAGENET_DEFAULT_STD,
-    IMAGENET_STANDARD_MEAN,
-    IMAGENET_STANDARD_STD,
-)
 
+from .data.preprocessing import preprocessor_for, to_rgb
 from .errors import MedSAValueError
 from .families import SAM2, SAM3_TRACKER, SamFamily, family_of
 from .predict import Prompt
 
-# What each family's video processor does that `propagate` repeats: its inference session and its normalisation.
+# Each family's inference session: the video memory of one `propagate` call.
 _SESSIONS = {SAM2: Sam2VideoInferenceSession, SAM3_TRACKER: Sam3TrackerVideoInferenceSession}
-_NORMALISATION = {
-    SAM2: (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
-    SAM3_TRACKER: (IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD),
-}
 _OBJECT_ID = 1  # one object per call: the prompted structure
 
 
@@ -68,9 +60,11 @@ def propagate(
     _check_prompts(prompts, slices, depth, height, width)
 
     device, dtype = next(base.parameters()).device, next(base.parameters()).dtype
-    size = base.config.image_size
+    preprocessor = preprocessor_for(base.config)
+    frames = [to_rgb(image) for image in volume[slices.start : slices.stop]]
+    pixel_values = preprocessor(frames, [np.zeros((height, width), np.uint8)] * len(frames)).pixel_values
     session = _SESSIONS[family](
-        video=_frames(volume[slices.start : slices.stop], size, family),
+        video=torch.from_numpy(pixel_values),  # (n, 3, S, S)
         video_height=height,
         video_width=width,
         inference_device=device,
@@ -80,7 +74,7 @@ def propagate(
     )
     keys = sorted(k - slices.start for k in prompts)  # frame index = slice index - slices.start
     for frame in keys:  # each key slice becomes a conditioning frame, prompted on its own
-        _add_prompt(session, frame, prompts[frame + slices.start], scale=(size / width, size / height))
+        _add_prompt(session, frame, prompts[frame + slices.start], preprocessor.prompt_scale(height, width))
         base(inference_session=session, frame_idx=frame)
 
     logits: dict[int, torch.Tensor] = {}
@@ -132,15 +126,6 @@ def _check_prompts(prompts: Mapping[int, Prompt], slices: range, depth: int, hei
         if not (prompt.points or prompt.negative_points or prompt.box):
             raise MedSAValueError(f"slice {index}: the prompt has no click and no box.")
         prompt.check(width, height, f"slice {index}")
-
-
-def _frames(volume: np.ndarray, size: int, family: SamFamily) -> torch.Tensor:
-    """uint8 slices (n, H, W[, 3]) -> normalised frames (n, 3, size, size), as the family's video processor makes."""
-    frames = torch.from_numpy(volume).float() / 255.0
-    frames = frames[:, None].expand(-1, 3, -1, -1) if frames.ndim == 3 else frames.permute(0, 3, 1, 2)
-    frames = F.interpolate(frames, (size, size), mode="bilinear", antialias=True)
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in _NORMALISATION[family])
-    return (frames - mean) / std
 
 
 def _add_prompt(session, frame: int, prompt: Prompt, scale: tuple[float, float]) -> None:

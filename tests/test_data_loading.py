@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import tiny_sam_config
 from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
 from transformers import SamImageProcessorPil, SamProcessor
@@ -186,9 +187,8 @@ def test_an_empty_training_split_fails_before_training(tmp_path):
         "name": "blank", "format": "images", "path": ".", "labels": {1: "lesion"}, "image_glob": "images/p?.png",
         "label_glob": "images/*_mask.png", "strip_suffixes": ["_mask"], "mask_encoding": "binary",
         "split_fractions": {"train": 1.0}, "splits": {"train": "train"}}))  # fmt: skip
-    sam_config = type("C", (), {"vision_config": type("V", (), {"image_size": 64, "patch_size": 8})})
     with pytest.raises(MedSAValueError, match=r"Task '.*' split 'train' has no examples"):
-        training_set(TaskArguments(task=str(tmp_path)), sam_config, shuffle_seed=0)
+        training_set(TaskArguments(task=str(tmp_path)), tiny_sam_config(), shuffle_seed=0)
 
 
 def test_hub_tasks_fail_fast_without_network(monkeypatch):

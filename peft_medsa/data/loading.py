@@ -29,7 +29,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from ..errors import MedSAConnectionError, MedSAFileNotFoundError, MedSAValueError
 from ..pretrained import hub_kwargs
 from .examples import ExampleBuilder
-from .preprocessing import SamPreprocessor
+from .preprocessing import SamPreprocessor, preprocessor_for
 from .prompts import PromptConfig
 from .readers import pil_to_array, read_image, read_image_bytes, read_volume
 from .registry import TaskSpec, get_task
@@ -66,7 +66,8 @@ def load_task(
         prompt: a preset (`1-click`, `3-click`, `box`, `bbox-0.5`, `bbox-0.75`), a dict or a `PromptConfig`.
         seed: prompts are a function of (seed, case id, slice, class) only; change it to resample them.
         image_size, patch_size: the model's input size and ViT patch; labels come out at the mask decoder's
-            resolution 4 * (image_size // patch_size). `sam_config` (a `SamConfig`) overrides both.
+            resolution 4 * (image_size // patch_size). `sam_config` (the model's config: SAM, SAM 2 or SAM 3
+            tracker) overrides both and prepares images as that model's processor does (`preprocessor_for`).
         depth: volumes only: None gives 2-D slices, an integer D chunks of D slices (3-D examples).
         stride: slices between chunk starts (default `depth`).
         empty_targets: `skip` images/slices/chunks without foreground, or `keep` them (points only).
@@ -75,11 +76,14 @@ def load_task(
             resolution (`original_target`), against which metrics are computed.
     """
     spec = resolve_task(task_or_path)
-    if sam_config is not None:
-        image_size, patch_size = sam_config.vision_config.image_size, sam_config.vision_config.patch_size
+    preprocessor = (
+        SamPreprocessor(image_size, mask_size=4 * (image_size // patch_size))
+        if sam_config is None
+        else preprocessor_for(sam_config)
+    )
     builder = ExampleBuilder(
         spec=spec,
-        preprocessor=SamPreprocessor(image_size, mask_size=4 * (image_size // patch_size)),
+        preprocessor=preprocessor,
         prompt=PromptConfig.resolve(prompt),
         seed=seed,
         depth=depth,

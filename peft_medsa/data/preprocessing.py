@@ -5,18 +5,24 @@ processor (`SamImageProcessorPil`, Pillow only) then resizes the longest side to
 normalises with ImageNet statistics and resizes label maps (nearest) to the mask decoder's resolution 4E,
 E = image_size // patch_size. The same label map is also resized to the unpadded input frame, where prompts
 are sampled, so clicks and boxes are in the frame of `pixel_values`.
+
+SAM 2 and the SAM 3 tracker (`preprocessor_for`) are prepared as their own processors do: the image is
+stretched to the square input (no padding) and normalised with the family's statistics. Their processors need
+torchvision, which this package does not require, so the same Pillow processor does it with a square resize.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from transformers import SamImageProcessorPil
 from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict
 
 from ..errors import MedSAValueError
+from ..families import family_of_checkpoint
 from .registry import IntensityPolicy
 
 
@@ -92,17 +98,39 @@ class ProcessedImages:
 
 
 class SamPreprocessor:
-    """Runs the transformers Sam image processor at a given model image size and mask-decoder resolution."""
+    """Runs the transformers Sam image processor at a given model image size and mask-decoder resolution.
 
-    def __init__(self, image_size: int = 1024, mask_size: int | None = None):
+    `keep_aspect_ratio=False` stretches images to the square input instead of resizing the longest side and
+    padding (SAM 2's frame); `image_mean` and `image_std` default to SAM's (ImageNet) statistics.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 1024,
+        mask_size: int | None = None,
+        keep_aspect_ratio: bool = True,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+    ):
         self.image_size = image_size
         self.mask_size = image_size // 4 if mask_size is None else mask_size
-        self.image_processor = SamImageProcessorPil(
+        self.keep_aspect_ratio = keep_aspect_ratio
+        processor = SamImageProcessorPil if keep_aspect_ratio else _StretchingImageProcessor
+        statistics = {"image_mean": image_mean, "image_std": image_std}
+        self.image_processor = processor(
             size={"longest_edge": image_size},
             pad_size={"height": image_size, "width": image_size},
             mask_size={"longest_edge": self.mask_size},
             mask_pad_size={"height": self.mask_size, "width": self.mask_size},
+            **{name: list(value) for name, value in statistics.items() if value is not None},
         )
+
+    def prompt_scale(self, height: int, width: int) -> tuple[float, float]:
+        """The (x, y) factors that take a point of a height x width image into the model's input frame."""
+        if self.keep_aspect_ratio:
+            scale = self.image_size / max(height, width)
+            return scale, scale
+        return self.image_size / width, self.image_size / height
 
     def __call__(self, images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray]) -> ProcessedImages:
         """`images` (H, W, 3) uint8 and `label_maps` (H, W) uint8, all of one size (slices of one volume)."""
@@ -128,3 +156,25 @@ class SamPreprocessor:
             original_size=tuple(int(v) for v in encoding["original_sizes"][0]),
             reshaped_size=tuple(int(v) for v in encoding["reshaped_input_sizes"][0]),
         )
+
+
+class _StretchingImageProcessor(SamImageProcessorPil):
+    """SAM 2's resize: every image (and label map) becomes the square `longest_edge` x `longest_edge`."""
+
+    def _get_preprocess_shape(self, old_shape: tuple[int, int], longest_edge: int) -> tuple[int, int]:
+        return longest_edge, longest_edge
+
+
+def preprocessor_for(model_config: Any) -> SamPreprocessor:
+    """The preprocessing of the model with `model_config` (a SamConfig, Sam2Config, Sam3TrackerConfig or one of
+    their video configs): its family's frame and statistics at its input size, labels at the mask decoder's
+    resolution 4 * (image_size // patch_size)."""
+    family = family_of_checkpoint(model_config.model_type, type(model_config).__name__)
+    prompt_encoder = model_config.prompt_encoder_config
+    return SamPreprocessor(
+        prompt_encoder.image_size,
+        4 * (prompt_encoder.image_size // prompt_encoder.patch_size),
+        keep_aspect_ratio=family.keeps_aspect_ratio,
+        image_mean=family.image_mean,
+        image_std=family.image_std,
+    )

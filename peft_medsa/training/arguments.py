@@ -21,7 +21,8 @@ class ModelArguments:
     model_name_or_path: str = field(
         default="facebook/sam-vit-base",
         metadata={
-            "help": "A SAM checkpoint: a Hub id (facebook/sam-vit-base, wanglab/medsam-vit-base) or a folder."
+            "help": "A SAM, SAM 2 or SAM 3 tracker checkpoint: a Hub id (facebook/sam-vit-base, "
+            "wanglab/medsam-vit-base, facebook/sam2.1-hiera-tiny) or a folder."
         },
     )
 

@@ -23,10 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from peft import PeftModel
 from transformers import EvalPrediction, SamImageProcessorPil
 
 from ..data import SamDataCollator, load_task, resolve_task
 from ..errors import MedSAValueError
+from ..families import family_of
 from ..mask_selection import predict_masks, select_masks
 from ..pretrained import default_device
 from ..writing import atomic_write
@@ -171,6 +173,7 @@ def evaluate(
     present, else the CPU) in eval mode.
     """
     spec = resolve_task(task)
+    check_takes_volumes(model, depth is not None)
     if examples is None:
         examples = evaluation_set(
             spec,
@@ -222,6 +225,17 @@ def evaluate(
     return report
 
 
+def check_takes_volumes(model: torch.nn.Module, volumes: bool) -> None:
+    """`--depth` (3-D chunks through SD-Trans) asks for SAM; other families take volumes slice by slice."""
+    family = family_of(model.get_base_model() if isinstance(model, PeftModel) else model)
+    if volumes and not family.takes_volumes:
+        raise MedSAValueError(
+            f"--depth (chunks of slices through SD-Trans, the depth branch) is SAM-only; this is a {family.name} "
+            "model, which trains and is evaluated on volumes slice by slice (omit --depth) and segments a volume "
+            "by propagating prompts through its memory (`medsa predict VOLUME --slices K`)."
+        )
+
+
 def box_logits(input_boxes: torch.Tensor, input_size: int) -> torch.Tensor:
     """The prompt boxes (B, P, 4) or, for volumes, (B, D, P, 4) as hard mask logits in the model's input
     frame, (B, P, S, S) or (B*D, P, S, S): what scoring the box itself as the mask needs."""
@@ -250,7 +264,8 @@ def to_original_grid(
 ) -> torch.Tensor:
     """Mask logits (P, h, w) at the decoder's resolution -> boolean masks (P, H, W) on the original image grid,
     with `SamImageProcessor.post_process_masks`: upscale to the padded input (S, S), drop the padding (the
-    resized image is `reshaped_size`), resize to `original_size`, threshold at logit 0."""
+    resized image is `reshaped_size`), resize to `original_size`, threshold at logit 0. SAM 2's stretched input
+    has no padding (`reshaped_size` is (S, S)): the same steps then resize the square back to the image."""
     [masks] = _POST_PROCESSOR.post_process_masks(
         [logits[None].float()],
         [tuple(int(v) for v in original_size)],

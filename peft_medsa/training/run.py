@@ -22,7 +22,7 @@ from ..errors import MedSAValueError
 from ..hub import build_model_card, check_hub_access, push_adapter_folder, save_adapter_with_card
 from ..pretrained import load_sam
 from .arguments import MedSAArguments, MedSATrainingArguments, ModelArguments, TaskArguments
-from .evaluation import EvaluationReport, evaluation_set, metrics_for
+from .evaluation import EvaluationReport, check_takes_volumes, evaluation_set, metrics_for
 from .losses import MedSALoss
 from .metrics import MetricAggregator
 from .trainer import MedSATrainer
@@ -31,9 +31,12 @@ logger = logging.get_logger(__name__)
 
 
 def build_model(model_args: ModelArguments, medsa_args: MedSAArguments, volumes: bool) -> PeftModel:
-    """The SAM checkpoint with a fresh Med-SA adapter."""
+    """The checkpoint's image model (SAM, SAM 2 or SAM 3 tracker) with a fresh Med-SA adapter; `volumes` are 3-D
+    chunks through SD-Trans, which only SAM has."""
+    model = load_sam(model_args.model_name_or_path)
+    check_takes_volumes(model, volumes)
     config = MedSAConfig.from_preset(medsa_args.preset, **medsa_args.config_overrides(volumes))
-    return get_peft_model(load_sam(model_args.model_name_or_path), config)
+    return get_peft_model(model, config)
 
 
 def training_set(task_args: TaskArguments, sam_config: Any, shuffle_seed: int) -> Any:

@@ -126,13 +126,15 @@ class MedSATrainer(Trainer):
                 outputs = predict_masks(model, inputs)
                 losses.append(self.loss_fn(outputs.pred_masks, labels, outputs.iou_scores, choice))
             loss = torch.stack(losses).mean()
-        if return_outputs and labels.ndim == 5:
+        if not return_outputs:
+            return loss
+        # Evaluation gathers what is returned: the masks and their scores only (SAM 2 also returns its image
+        # embeddings and object scores, which the metrics do not use).
+        outputs = {"iou_scores": outputs.iou_scores, "pred_masks": outputs.pred_masks}
+        if labels.ndim == 5:
             # Volumes: the model answers per slice (B*D, P, ...); evaluation gathers and truncates along the batch
             # of volumes, so hand it (B, D*P, ...). compute_metrics splits the slices again.
-            outputs["pred_masks"] = outputs.pred_masks.reshape(
-                labels.shape[0], -1, *outputs.pred_masks.shape[2:]
-            )
-            outputs["iou_scores"] = outputs.iou_scores.reshape(
-                labels.shape[0], -1, outputs.iou_scores.shape[-1]
-            )
-        return (loss, outputs) if return_outputs else loss
+            outputs = {
+                key: value.reshape(labels.shape[0], -1, *value.shape[2:]) for key, value in outputs.items()
+            }
+        return loss, outputs
