@@ -164,12 +164,17 @@ class MedSAModel(BaseTuner):
     # Volumes (SD-Trans) and input checks -----------------------------------------------------------------------
 
     def _flatten_volume(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        """(B, C, D, H, W) -> (B*D, C, H, W), volume-major; records D for the encoder blocks."""
+        """(B, C, D, H, W) -> (B*D, C, H, W), volume-major; records D for the encoder blocks.
+
+        Also casts the pixels to the base's dtype (see `_base_dtype`).
+        """
         args, kwargs, pixel_values = _pop_pixel_values(args, kwargs)
         if pixel_values is not None and pixel_values.ndim == 5:
             batch, channels, depth, height, width = pixel_values.shape
             pixel_values = pixel_values.transpose(1, 2).reshape(batch * depth, channels, height, width)
             self.slice_context.num_slices = depth
+        if pixel_values is not None:
+            pixel_values = pixel_values.to(self._base_dtype())
         kwargs["pixel_values"] = pixel_values
         return args, kwargs
 
@@ -206,10 +211,22 @@ class MedSAModel(BaseTuner):
                     f"{name} has batch {prompt.shape[0]}, but {what} needs {batch}: one prompt set per "
                     "image (for volumes: per slice, as (B*D, ...) volume-major or as (B, D, ...))."
                 )
-            if prompt.is_floating_point() and not torch.isfinite(prompt).all():
+            if prompt.is_floating_point() and _checks_values() and not torch.isfinite(prompt).all():
                 raise MedSAValueError(f"{name} holds NaN or infinite values; prompts must be finite.")
         _check_prompt_agreement(kwargs, self.model.config)
+        for name in ("image_embeddings", "input_masks"):  # points and boxes: SAM casts them after scaling
+            if kwargs.get(name) is not None:
+                kwargs[name] = kwargs[name].to(self._base_dtype())
         return args, kwargs
+
+    def _base_dtype(self) -> torch.dtype:
+        """The dtype SAM's frozen weights are kept in (float32, or bfloat16 to save memory; adapters stay float32).
+
+        SamModel does not cast its inputs to it (SAM 2 does): the hooks cast float32 pixels (SamProcessor,
+        `peft_medsa.data`), image embeddings and mask prompts, so that a bf16 base takes the same inputs as a
+        float32 one.
+        """
+        return self.model.vision_encoder.patch_embed.projection.weight.dtype
 
     def _reset_num_slices(self, *args: Any) -> None:
         self.slice_context.num_slices = 1
@@ -221,6 +238,16 @@ _PROMPT_SHAPES = {
     "input_boxes": "(batch, boxes, 4) as (x1, y1, x2, y2)",
     "input_masks": "(batch, 1, 4E, 4E)",
 }
+
+
+def _checks_values() -> bool:
+    """Whether the NaN/inf checks of the inputs run: in eager mode, not while `torch.compile` traces.
+
+    A check on tensor *values* needs the host to read a device result, which a compiled graph cannot contain:
+    dynamo would break the graph at every forward (and sync a GPU). Shape checks cost nothing and always run; a
+    compiled model trusts its inputs to be finite, as SAM itself does.
+    """
+    return not torch.compiler.is_compiling()
 
 
 def _pop_pixel_values(args: tuple, kwargs: dict) -> tuple[tuple, dict, torch.Tensor | None]:
@@ -249,7 +276,7 @@ def _check_pixel_values(pixel_values: torch.Tensor, vision_config: Any) -> None:
             f"{vision_config.num_channels} channels at {size}x{size} (channels on dim 1, slices on dim 2 for "
             "volumes). Resize and pad with SamProcessor (or peft_medsa.data) first."
         )
-    if not torch.isfinite(pixel_values).all():
+    if _checks_values() and not torch.isfinite(pixel_values).all():
         count = int((~torch.isfinite(pixel_values)).sum())
         raise MedSAValueError(
             f"pixel_values hold {count} NaN or infinite value(s); the masks would be NaN. Fix the image (or its "
@@ -266,7 +293,7 @@ def _check_image_embeddings(embeddings: torch.Tensor, config: Any) -> None:
             f"image_embeddings must have shape (batch >= 1, {', '.join(map(str, expected))}) for this SAM, got "
             f"{tuple(embeddings.shape)}. Compute them with `model.get_image_embeddings(pixel_values)`."
         )
-    if not torch.isfinite(embeddings).all():
+    if _checks_values() and not torch.isfinite(embeddings).all():
         raise MedSAValueError("image_embeddings hold NaN or infinite values.")
 
 

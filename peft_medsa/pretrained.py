@@ -26,14 +26,14 @@ from .validation import load_data_file
 HUB_TIMEOUT = 3.0
 
 
-def load_sam(name_or_path: str, video: bool | None = False) -> nn.Module:
+def load_sam(name_or_path: str, video: bool | None = False, dtype: torch.dtype | None = None) -> nn.Module:
     """The model at a local folder or Hub id, of the class its config's `model_type` names (SAM, SAM 2 or SAM 3
     tracker: `peft_medsa.families`); a missing, unreachable, unreadable or foreign checkpoint is named.
 
     `video=False` loads the image model (training, evaluation, 2-D prediction; a SAM 2 video checkpoint, such as
     `facebook/sam2.1-hiera-tiny`, loads its image parts). `True` loads the video model, which propagates prompts through a
     volume, and needs a video checkpoint (one with memory weights). `None`: the video model if the checkpoint is
-    one, else the image model.
+    one, else the image model. `dtype` is the dtype of the loaded weights (None: as saved, float32 for SAM).
     """
     from transformers import PretrainedConfig
 
@@ -50,7 +50,7 @@ def load_sam(name_or_path: str, video: bool | None = False) -> nn.Module:
                 + (" (e.g. facebook/sam2.1-hiera-tiny)." if family.video_model else ": SAM has none.")
             )
         return family.model_class(video=is_video if video is None else video).from_pretrained(
-            name_or_path, **kwargs
+            name_or_path, dtype=dtype, **kwargs
         )
     except (OSError, SafetensorError) as error:  # the folder or cache entry lacks readable weights
         raise MedSAFileError(f"{where}: {' '.join(str(error).split())}") from error

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from peft import PeftModel, get_peft_model
 from transformers import TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import HubStrategy, get_last_checkpoint
@@ -31,11 +32,19 @@ logger = logging.get_logger(__name__)
 
 
 def build_model(model_args: ModelArguments, medsa_args: MedSAArguments, volumes: bool) -> PeftModel:
-    """The checkpoint's image model (SAM, SAM 2 or SAM 3 tracker) with a fresh Med-SA adapter; `volumes` are 3-D
-    chunks through SD-Trans, which only SAM has."""
-    model = load_sam(model_args.model_name_or_path)
-    check_takes_volumes(model, volumes)
+    """The checkpoint's image model (SAM, SAM 2 or SAM 3 tracker), its frozen weights in `--base_dtype`, with a
+    fresh float32 Med-SA adapter (peft upcasts adapters created on a bf16 base); `volumes` are 3-D chunks through
+    SD-Trans, which only SAM has."""
     config = MedSAConfig.from_preset(medsa_args.preset, **medsa_args.config_overrides(volumes))
+    if model_args.base_dtype != "float32" and config.modules_to_save:
+        raise MedSAValueError(
+            f"--base_dtype {model_args.base_dtype} keeps SAM's weights in {model_args.base_dtype}, but "
+            f"modules_to_save={config.modules_to_save} (preset {medsa_args.preset!r}) trains those modules in full, and "
+            "an optimizer step on bf16 weights rounds most updates away. Use --base_dtype float32 (with --bf16 "
+            "for bf16 compute), or a preset that trains adapters only (paper, encoder-only)."
+        )
+    model = load_sam(model_args.model_name_or_path, dtype=getattr(torch, model_args.base_dtype))
+    check_takes_volumes(model, volumes)
     return get_peft_model(model, config)
 
 
@@ -169,7 +178,12 @@ def train(
             eval_protocol=f"prompt `{task_args.eval_prompt}`, seed {task_args.prompt_seed}",
             limits=evaluation_limits(spec, eval_set, task_args, report) if report else None,
             nsd_tolerance=report.nsd_tolerance if report else 1.0,
-            training_config={**vars(task_args), **vars(medsa_args), **_training_summary(training_args)},
+            training_config={
+                "base_dtype": model_args.base_dtype,
+                **vars(task_args),
+                **vars(medsa_args),
+                **_training_summary(training_args),
+            },
             repo_id=_hub_repo_id(training_args) if publish else None,
         )
         save_adapter_with_card(model, output_dir, card)
