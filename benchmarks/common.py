@@ -117,11 +117,11 @@ def reinitialize(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give a random SAM (or SAM 2) normal-scale weights, in place: PyTorch's default init of every layer.
 
     transformers initialises a random `SamModel` with `initializer_range` 1e-10, whose image embeddings are ~1e-21:
-    such a model costs the same FLOPs but not the same time (denormals, skipped work) and makes every comparison of
-    outputs vacuous. Every module with `reset_parameters` (Linear, Conv, LayerNorm, Embedding: N(0, 1) tokens as in
+    such a model costs the same FLOPs but not the same time, and makes every comparison of outputs vacuous. Every module with `reset_parameters` (Linear, Conv, LayerNorm, Embedding: N(0, 1) tokens as in
     SAM's own code) gets it; the random Fourier matrices of the prompt and image positional encodings get N(0, 1),
-    as in SAM's `PositionEmbeddingRandom`; the remaining free parameters (absolute and relative position
-    embeddings, SAM 2's no-memory embedding), which transformers sets to 0, get N(0, 0.02).
+    as in SAM's `PositionEmbeddingRandom`; the remaining free parameters (SAM's absolute and relative position
+    embeddings, Hiera's position embeddings, SAM 2's no-memory embedding), which transformers sets to 0, get
+    N(0, 0.02).
     """
     torch.manual_seed(seed)
     covered: set[str] = set()
@@ -147,10 +147,8 @@ def check_scale(model: nn.Module, pixel_values: torch.Tensor, minimum_std: float
     """
     with torch.no_grad():
         embeddings = model.get_image_embeddings(pixel_values)
-    if isinstance(
-        embeddings, list | tuple
-    ):  # SAM 2: one feature map per FPN level; the last feeds the decoder
-        embeddings = embeddings[-1]
+    if isinstance(embeddings, list | tuple):
+        embeddings = embeddings[-1]  # SAM 2: one feature map per FPN level; the last one feeds the decoder
     std = embeddings.float().std().item()
     if not std > minimum_std:
         raise RuntimeError(
@@ -238,8 +236,9 @@ class Variant:
         """
         if self.bf16_base:
             model = model.to(torch.bfloat16)
-        # transformers leaves the flag False on SAM 2 although its blocks checkpoint (peft_medsa sets it too).
-        model.supports_gradient_checkpointing = True
+        if self.checkpointing:
+            # transformers leaves the flag False on SAM 2 although its blocks checkpoint (peft_medsa sets it too).
+            model.supports_gradient_checkpointing = True
         model = build(self.method, model)
         if self.checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
