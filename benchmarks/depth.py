@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     profile = Profile.from_args(args)
     profile.setup()
-    model = MEDSA_DEPTH(profile.base_model()).eval()
+    base = profile.base_model()
+    embedding_std = profile.check_scale(base)
+    model = MEDSA_DEPTH(base).eval()
     rows = []
     for index, depth in enumerate(args.depths):
         volume = profile.inputs(batch=1, depth=depth)["pixel_values"]
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         [[r["depth"], f"{r['volume_s']:.3f}", f"{r['slices_s']:.3f}", f"{r['ratio']:.2f}x"] for r in rows],
     )
     record = {
+        "embedding_std": embedding_std,
         "results": rows,
         "ratios": {f"D={r['depth']}": r["ratio"] for r in rows},
         "targets": {"D=16": "<= 1.25"},

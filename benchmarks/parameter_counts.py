@@ -15,10 +15,10 @@ import json
 from typing import Any
 
 import torch
-from common import METHODS, VISION_CONFIGS, build, markdown, parameter_counts, sam_config
+from common import HIERA, METHODS, VISION_CONFIGS, build, markdown, parameter_counts, sam2_config, sam_config
 from peft import get_peft_model
 from torch import nn
-from transformers import Sam2Config, Sam2Model, Sam3TrackerConfig, Sam3TrackerModel, SamModel
+from transformers import Sam2Model, Sam3TrackerConfig, Sam3TrackerModel, SamModel
 
 from peft_medsa import MedSAConfig
 
@@ -33,33 +33,6 @@ VARIANTS = {
 
 # The SAM 2 family has no SD-Trans (volumes go through the video memory), so its variants are the presets alone.
 FAMILY_VARIANTS = {name: options for name, options in VARIANTS.items() if "SD-Trans" not in name}
-
-# Hiera image encoders of the released SAM 2.1 checkpoints (facebook/sam2.1-hiera-{tiny,small,base-plus,large}, as
-# in their sam2.1_hiera_*.yaml): embedding width, heads, blocks per stage, global-attention blocks, window sizes
-# and background size of the windowed position embedding. Widths and heads double at each of the 4 stages.
-HIERA = {
-    "Hiera-T": (96, 1, [1, 2, 7, 2], [5, 7, 9], [8, 4, 14, 7], [7, 7]),
-    "Hiera-S": (96, 1, [1, 2, 11, 2], [7, 10, 13], [8, 4, 14, 7], [7, 7]),
-    "Hiera-B+": (112, 2, [2, 3, 16, 3], [12, 16, 20], [8, 4, 14, 7], [14, 14]),
-    "Hiera-L": (144, 2, [2, 6, 36, 4], [23, 33, 43], [8, 4, 16, 8], [7, 7]),
-}
-
-
-def sam2_config(size: str) -> Sam2Config:
-    width, heads, blocks, global_blocks, windows, background = HIERA[size]
-    widths = [width * 2**stage for stage in range(4)]
-    backbone = {
-        "model_type": "sam2_hiera_det_model",
-        "hidden_size": width,
-        "embed_dim_per_stage": widths,
-        "num_attention_heads_per_stage": [heads * 2**stage for stage in range(4)],
-        "blocks_per_stage": blocks,
-        "global_attention_blocks": global_blocks,
-        "window_size_per_stage": windows,
-        "window_positional_embedding_background_size": background,
-    }
-    return Sam2Config(vision_config={"backbone_config": backbone, "backbone_channel_list": widths[::-1]})
-
 
 # Model builders of each SAM 2-family size: the image models (their video twins add the memory, not adapters).
 FAMILY_MODELS = {

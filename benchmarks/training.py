@@ -1,23 +1,20 @@
-"""Training step time and peak memory of each compared method, with and without gradient checkpointing.
+"""Training step time of each compared method: eager, with gradient checkpointing, with a bf16 base, compiled.
 
-One step = forward with one click per image, BCE on the mask logits, backward, AdamW step. Step times: all
-variants built in this process and timed interleaved (median of 3 after a warm-up), so that a shared machine's
-load hits them alike. Memory: each (method, checkpointing) pair runs two steps in a fresh process, so that its peak
-is its own: peak RSS on CPU (the kernel's high-water mark), `torch.cuda.max_memory_allocated` on GPU. On CPU the
-figure compared is the peak minus the RSS of the process just before the model is built, after a step of the same
-method on a tiny SAM (the interpreter, torch's libraries and the code pages a step touches): the analogue of the
-GPU figure, which counts tensors only. The absolute peak RSS is in the record too.
+One step = forward with one click per image, BCE on the mask logits, backward, AdamW step. All variants are built
+in this process and timed interleaved (median of 3 after a warm-up), so that a shared machine's load hits them
+alike. The first call of each variant is timed apart: for a `torch.compile`d model (inductor) it is the compile
+time plus one step. `--profile` prints `torch.profiler`'s top ops of one step of each compiled variant and of its
+eager twin: where the time goes. Peak memory is `memory.py`'s.
 
-Run: `python benchmarks/training.py` (CPU profile: ViT-B, 256 px, batch 2; a few minutes on 2 cores);
-`--device cuda --image-size 1024 --dtype bf16` for the GPU profile; `--tiny` for a smoke test.
+Run: `python benchmarks/training.py --compile "Med-SA paper"` (CPU profile: ViT-B, 256 px, batch 2);
+`--model sam2` for SAM 2.1 Hiera-T; `--device cuda --image-size 1024 --dtype bf16` for the GPU profile; `--tiny`
+for a smoke test.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -25,59 +22,34 @@ import torch.nn.functional as F
 from common import (
     METHODS,
     Profile,
+    Variant,
+    add_compile_arguments,
     add_profile_arguments,
-    build,
+    first_call_seconds,
     markdown,
     median_times,
-    memory_mb,
+    profiler_table,
     report,
-    reset_peak_memory,
-    run_isolated,
 )
 
-# Also measured with gradient checkpointing by default: the issue's targets (checkpointing changes nothing for
-# decoder-only fine-tuning, where no gradient flows through the image encoder).
+# Also timed with gradient checkpointing by default: the methods of the issue's targets (checkpointing changes
+# nothing for decoder-only fine-tuning, where no gradient flows through the image encoder).
 CHECKPOINTED = ["Med-SA paper", "LoRA r=4 + decoder", "full fine-tuning"]
 
 
-def measure_memory(profile: Profile, method: str, checkpointing: bool) -> dict[str, Any]:
-    """Peak memory of two steps of one method (the second holds AdamW's state); run in a fresh process.
-
-    A step of the same method on a tiny SAM runs first, so that the code it touches (torch's kernels, pages of the
-    shared libraries) is resident before the baseline is read: the CPU figure then counts data, not code.
-    """
-    profile.setup()
-    training_step(replace(profile, tiny=True, image_size=64), method, checkpointing)[0]()
-    gc.collect()
-    reset_peak_memory(profile.device)
-    start_mb = memory_mb(profile.device, peak=False)
-    step, trainable = training_step(profile, method, checkpointing)
-    step()
-    step()
-    peak_mb = memory_mb(profile.device, peak=True)
-    return {
-        "method": method,
-        "gradient_checkpointing": checkpointing,
-        "trainable": trainable,
-        "peak_mb": peak_mb,
-        "start_mb": start_mb,
-        "training_mb": peak_mb - start_mb,
-    }
-
-
-def training_step(profile: Profile, method: str, checkpointing: bool) -> tuple[Callable[[], None], int]:
-    """One optimisation step of `method` on the profile's SAM, as a function; and the trainable parameter count."""
-    model = build(method, profile.base_model()).train()
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+def training_step(profile: Profile, variant: Variant) -> tuple[Callable[[], None], int]:
+    """One optimisation step of `variant` on the profile's model, as a function; and the trainable parameter count."""
+    model = variant.build(profile.base_model()).train()
+    run = variant.runner(model, profile.compile_backend)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=1e-4)
     inputs = profile.inputs()
     labels = inputs.pop("labels")
+    inputs = {name: x.to(variant.input_dtype) if x.is_floating_point() else x for name, x in inputs.items()}
 
     def step() -> None:
         with profile.autocast():
-            logits = model(**inputs, multimask_output=False).pred_masks
+            logits = run(**inputs, multimask_output=False).pred_masks
         F.binary_cross_entropy_with_logits(logits.float(), labels).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -85,72 +57,81 @@ def training_step(profile: Profile, method: str, checkpointing: bool) -> tuple[C
     return step, sum(p.numel() for p in parameters)
 
 
-def ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
-    """The issue's targets, from figures of this run."""
-
-    def figure(method: str, checkpointing: bool, key: str) -> float | None:
-        row = next(
-            (r for r in rows if r["method"] == method and r["gradient_checkpointing"] == checkpointing), None
-        )
-        return row[key] if row else None
-
-    def ratio(numerator: float | None, denominator: float | None) -> float | None:
-        return numerator / denominator if numerator is not None and denominator else None
-
-    paper, lora, full = "Med-SA paper", "LoRA r=4 + decoder", "full fine-tuning"
-    return {
-        "paper_step_vs_lora": ratio(figure(paper, False, "step_s"), figure(lora, False, "step_s")),
-        "paper_memory_vs_full": ratio(
-            figure(paper, False, "training_mb"), figure(full, False, "training_mb")
-        ),
-        "paper_checkpointed_memory_vs_full": ratio(
-            figure(paper, True, "training_mb"), figure(full, False, "training_mb")
-        ),
-        "paper_checkpointed_memory_vs_full_checkpointed": ratio(
-            figure(paper, True, "training_mb"), figure(full, True, "training_mb")
-        ),
-        "paper_peak_rss_vs_full": ratio(figure(paper, False, "peak_mb"), figure(full, False, "peak_mb")),
-    }
-
-
-TARGETS = {
-    "paper_step_vs_lora": "<= 1.25",
-    "paper_memory_vs_full": "<= 0.6",
-    "paper_checkpointed_memory_vs_full": "<= 0.35",
-}
+def variants(args: argparse.Namespace) -> list[Variant]:
+    """Every method eager; then with checkpointing, with a bf16 base and compiled, where asked."""
+    chosen = [Variant(m) for m in args.methods]
+    chosen += [Variant(m, checkpointing=True) for m in args.methods if m in args.checkpointing]
+    chosen += [Variant(m, bf16_base=True) for m in args.methods if m in args.bf16_base]
+    chosen += [Variant(m, compiled=True) for m in args.methods if m in args.compile]
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_profile_arguments(parser, repeats=3)
-    parser.add_argument(
-        "--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD"
-    )
-    parser.add_argument("--checkpointing", nargs="*", default=CHECKPOINTED, choices=list(METHODS), metavar="METHOD",
-                        help="methods also measured with gradient checkpointing")  # fmt: skip
+    add_profile_arguments(parser, repeats=3, models=("sam", "sam2"))
+    methods = {"nargs": "*", "choices": list(METHODS), "metavar": "METHOD"}
+    parser.add_argument("--methods", **methods | {"nargs": "+"}, default=list(METHODS))
+    parser.add_argument("--checkpointing", **methods, default=CHECKPOINTED,
+                        help="methods also timed with gradient checkpointing")  # fmt: skip
+    parser.add_argument("--bf16-base", **methods, default=[],
+                        help="methods also timed with the frozen base in bf16 (adapters float32)")  # fmt: skip
+    add_compile_arguments(parser, list(METHODS))
     args = parser.parse_args(argv)
     profile = Profile.from_args(args)
-    variants = [(m, c) for m in args.methods for c in (False, True) if not c or m in args.checkpointing]
-    rows = [
-        run_isolated(measure_memory, profile, method, checkpointing) for method, checkpointing in variants
-    ]
-    # Step times: every variant in this process, interleaved, so that the load of a shared machine hits all alike.
     profile.setup()
-    steps = {variant: training_step(profile, *variant)[0] for variant in variants}
-    for row, step_s in zip(rows, median_times(steps, profile).values(), strict=False):
-        row["step_s"] = step_s
-    memory = "peak GPU memory (MiB)" if profile.device == "cuda" else "peak RSS - process start (MiB)"
+    embedding_std = profile.check_scale(profile.base_model())
+    steps, trainable = {}, {}
+    for variant in variants(args):
+        steps[variant], trainable[variant] = training_step(profile, variant)
+    first = {variant: first_call_seconds(step, profile) for variant, step in steps.items()}
+    medians = median_times(steps, profile)
+    rows = [
+        {"variant": variant.label, "method": variant.method, "gradient_checkpointing": variant.checkpointing,
+         "bf16_base": variant.bf16_base, "compiled": variant.compiled, "trainable": trainable[variant],
+         "step_s": medians[variant], "first_step_s": first[variant]}
+        for variant in steps
+    ]  # fmt: skip
+    record = {"embedding_std": embedding_std, "results": rows, "ratios": ratios(rows), "targets": TARGETS}
     table = markdown(
-        ["method", "checkpointing", "trainable", "step (s)", memory],
-        [
-            [r["method"], "yes" if r["gradient_checkpointing"] else "no", f"{r['trainable']:,}", f"{r['step_s']:.3f}",
-             f"{r['training_mb']:,.0f}"]
-            for r in rows
-        ],
+        ["variant", "trainable", "step (s)", "vs eager", "first step (s)"],
+        [[r["variant"], f"{r['trainable']:,}", f"{r['step_s']:.3f}", _vs_eager(r, rows), f"{r['first_step_s']:.1f}"]
+         for r in rows],
     )  # fmt: skip
-    return report("training", profile, {"results": rows, "ratios": ratios(rows), "targets": TARGETS}, table)
+    result = report("training", profile, record, table)
+    if args.profile:
+        for variant in [v for v in steps if v.compiled]:
+            for twin in (Variant(variant.method), variant):
+                print(f"\n## torch.profiler, one step of {twin.label}\n")
+                print(profiler_table(steps[twin], profile))
+    return result
+
+
+def _eager(row: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row of the same method, eager, without options."""
+    return next((r for r in rows if r["variant"] == row["method"]), None)
+
+
+def _vs_eager(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    eager = _eager(row, rows)
+    return f"{row['step_s'] / eager['step_s']:.2f}x" if eager else ""
+
+
+def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The issue's targets, from figures of this run: Med-SA vs LoRA, and every compiled method vs eager."""
+    step = {r["variant"]: r["step_s"] for r in rows}
+    result = {}
+    if "Med-SA paper" in step and "LoRA r=4 + decoder" in step:
+        result["paper_step_vs_lora"] = step["Med-SA paper"] / step["LoRA r=4 + decoder"]
+    for row in rows:
+        if row["compiled"] and (eager := _eager(row, rows)):
+            result[f"{row['method']} compiled vs eager"] = row["step_s"] / eager["step_s"]
+            result[f"{row['method']} compile time s"] = row["first_step_s"] - row["step_s"]
+    return result
+
+
+TARGETS = {"paper_step_vs_lora": "<= 1.25", "Med-SA paper compiled vs eager": "<= 0.8"}
 
 
 if __name__ == "__main__":
