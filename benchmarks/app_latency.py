@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.randn(1, vision.output_channels, tokens, tokens),
         original_size=(size, size),
         reshaped_size=(vision.image_size, vision.image_size),
-        scale=vision.image_size / size,
+        scale=(vision.image_size / size, vision.image_size / size),
     )
     prompt = Prompt([(size * 0.4, size * 0.6)])
 

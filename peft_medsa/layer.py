@@ -181,10 +181,10 @@ class MedSAVisionLayer(GradientCheckpointingLayer, MedSALayer):
         """SAM's own (windowed or global) attention over the tokens of each slice: (B*D, H, W, C)."""
         base = self.base_layer
         if base.window_size == 0:
-            return base.attn(hidden_states=normed)[0]
+            return self._attend_within_windows(base.attn.qkv(normed))
         height, width = normed.shape[1:3]
         windows, padded = base.window_partition(normed, base.window_size)
-        windows = base.attn(hidden_states=windows)[0]
+        windows = self._attend_within_windows(base.attn.qkv(windows))
         return base.window_unpartition(windows, base.window_size, padded, (height, width))
 
     def _spatial_and_depth_attention(
@@ -209,21 +209,26 @@ class MedSAVisionLayer(GradientCheckpointingLayer, MedSALayer):
         return spatial, self.depth_attention(qkv, num_slices)
 
     def _attend_within_windows(self, qkv: torch.Tensor) -> torch.Tensor:
-        """SAM's multi-head attention with decomposed relative positions, from a precomputed qkv (b, h, w, 3C)."""
+        """SAM's multi-head attention with decomposed relative positions, from a precomputed qkv (b, h, w, 3C).
+
+        SAM adds the relative positions as a (tokens x tokens) bias, which keeps PyTorch's attention on its slow,
+        memory-bound path (4 x 805 MB per global block of ViT-B at 1024 px). The bias is a sum of a height and a
+        width term, each indexed by the key's row or column, so it folds into the dot product instead: the query
+        gains its two terms, the key one-hot codes of its row and column. The result is SAM's attention up to
+        rounding, computed by the fused kernel in O(tokens) memory.
+        """
         attn = self.base_layer.attn
         batch, height, width, _ = qkv.shape
         heads = attn.num_attention_heads
-        # (b, h, w, 3C) -> 3 x (b*heads, h*w, head_dim)
+        # (b, h, w, 3C) -> 3 x (b, heads, h*w, head_dim)
         query, key, value = qkv.reshape(batch, height * width, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        bias = None
-        if attn.use_rel_pos:
-            flat_query = query.reshape(batch * heads, height * width, -1)
-            bias = attn.get_decomposed_rel_pos(
-                flat_query, attn.rel_pos_h, attn.rel_pos_w, (height, width), (height, width)
-            )
-            bias = bias.reshape(batch, heads, height * width, height * width).to(query.dtype)
         dropout = attn.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
+        if not attn.use_rel_pos:
+            out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout)
+        else:
+            query, key, value = _fold_relative_positions(attn, query, key, value, height, width)
+            out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=1.0)
+            out = out[..., : qkv.shape[-1] // (3 * heads)]
         out = out.transpose(1, 2).reshape(batch, height, width, -1)  # (b, h, w, C)
         return attn.proj(out)
 
@@ -423,3 +428,25 @@ class MedSADecoderLayer(nn.Module, MedSALayer):
         else:
             reduced = reduced + self._prompt_features(adapter_name, prompt_tokens)[:, :, None, :]
         return up(act(self.medsa_hyper_norm[adapter_name](reduced))).to(x.dtype)
+
+
+def _fold_relative_positions(
+    attn: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Query, key and value (b, heads, h*w, head_dim) whose plain scaled-by-1 attention equals SAM's attention with
+    decomposed relative positions: q' = [q * scale, q . R_h, q . R_w], k' = [k, onehot(row), onehot(column)], and
+    the value zero-padded to the same width (the fused kernels need one head width)."""
+    head_dim = query.shape[-1]
+    rel_h = attn.get_rel_pos(height, height, attn.rel_pos_h).to(query.dtype)  # (h, h_key, head_dim)
+    rel_w = attn.get_rel_pos(width, width, attn.rel_pos_w).to(query.dtype)  # (w, w_key, head_dim)
+    grid = query.reshape(*query.shape[:2], height, width, head_dim)
+    query_terms = (
+        query * attn.scale,
+        torch.einsum("bnhwc,hkc->bnhwk", grid, rel_h).flatten(2, 3),
+        torch.einsum("bnhwc,wkc->bnhwk", grid, rel_w).flatten(2, 3),
+    )
+    rows = torch.eye(height, dtype=key.dtype, device=key.device).repeat_interleave(width, dim=0)  # (h*w, h)
+    columns = torch.eye(width, dtype=key.dtype, device=key.device).repeat(height, 1)  # (h*w, w)
+    key_terms = (key, rows.expand(*key.shape[:2], -1, -1), columns.expand(*key.shape[:2], -1, -1))
+    value = F.pad(value, (0, height + width))
+    return torch.cat(query_terms, dim=-1), torch.cat(key_terms, dim=-1), value

@@ -61,15 +61,19 @@ def test_float32_adapters_train_on_a_bf16_base(bf16_base, volume):
 
 
 def test_identity_adapters_leave_the_bf16_base_unchanged(bf16_base):
-    """At init (zero up-projections) the adapted bf16 model gives the bf16 SAM's masks exactly, volumes too:
-    the float32 detour of the adapters adds an exact zero."""
+    """At init (zero up-projections) the adapted bf16 model gives the bf16 SAM's masks up to bf16 rounding (the
+    adapted blocks compute SAM's attention in a folded form), volumes too. The bound is 5 % of the largest mask
+    logit; this bf16 SAM and its float32 original differ by more than 100 % of it."""
     model = get_peft_model(copy.deepcopy(bf16_base), MedSAConfig(depth_attention=True)).eval()
     images = inputs(volume=False)
     with torch.no_grad():
-        expected = bf16_base(**{**images, "pixel_values": images["pixel_values"].bfloat16()}).pred_masks
+        expected = bf16_base(
+            **{**images, "pixel_values": images["pixel_values"].bfloat16()}
+        ).pred_masks.float()
         volume = {**images, "pixel_values": images["pixel_values"][None].transpose(1, 2)}  # (1, 3, 2, H, W)
-        assert torch.equal(model(**images).pred_masks, expected)
-        assert torch.equal(model(**volume).pred_masks, expected)
+        bound = 0.05 * expected.abs().max().item()
+        torch.testing.assert_close(model(**images).pred_masks.float(), expected, atol=bound, rtol=0)
+        torch.testing.assert_close(model(**volume).pred_masks.float(), expected, atol=bound, rtol=0)
 
 
 def test_float32_embeddings_and_mask_prompts_reach_a_bf16_base(bf16_base):

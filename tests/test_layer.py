@@ -33,6 +33,38 @@ def test_shared_qkv_spatial_attention_equals_sams(window_size, image_size):
 
 
 @pytest.mark.parametrize("window_size", [4, 0])
+@pytest.mark.parametrize("image_size", [64, 80])
+def test_folded_relative_positions_give_sams_attention_and_gradients(window_size, image_size):
+    """The adapted blocks fold SAM's relative positions into the dot product (fused attention, O(tokens) memory);
+    values and input gradients equal SAM's own attention module's, with non-zero relative positions (SAM's init
+    leaves them at zero)."""
+    block = vision_block(window_size, image_size)
+    base = block.base_layer
+    with torch.no_grad():
+        base.attn.rel_pos_h.normal_(std=0.5)
+        base.attn.rel_pos_w.normal_(std=0.5)
+    tokens = image_size // 8
+    normed = torch.randn(3, tokens, tokens, 64, requires_grad=True)
+
+    def sams_attention(hidden: torch.Tensor) -> torch.Tensor:
+        if base.window_size == 0:
+            return base.attn(hidden_states=hidden)[0]
+        windows, padded = base.window_partition(hidden, base.window_size)
+        return base.window_unpartition(
+            base.attn(hidden_states=windows)[0], base.window_size, padded, (tokens, tokens)
+        )
+
+    weights = torch.randn(3, tokens, tokens, 64)
+    folded = block._spatial_attention(normed)
+    (folded_grad,) = torch.autograd.grad((folded * weights).sum(), normed)
+    expected = sams_attention(normed)
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), normed)
+    assert expected.abs().max() > 0.1
+    torch.testing.assert_close(folded, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(folded_grad, expected_grad, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("window_size", [4, 0])
 def test_depth_attention_mixes_only_the_same_token_of_one_volume(window_size):
     block = vision_block(window_size)
     qkv = torch.randn(2 * 4, 8, 8, 3 * 64)  # 2 volumes x 4 slices, 8x8 tokens

@@ -29,7 +29,10 @@ def masks(model, pixel_values, **prompts):
 def test_identity_at_start(sam_model, preset):
     model = adapted(sam_model, preset, depth_attention=True)
     images, prompts = torch.randn(2, 3, 64, 64), point_prompts(2)
-    assert torch.equal(masks(model, images, **prompts), masks(sam_model, images, **prompts))
+    # Up to rounding: the adapted blocks compute SAM's relative-position attention in a folded, fused form.
+    torch.testing.assert_close(
+        masks(model, images, **prompts), masks(sam_model, images, **prompts), atol=1e-5, rtol=0
+    )
     volume, slice_prompts = torch.randn(1, 3, 3, 64, 64), point_prompts(3)
     slices = volume[0].transpose(0, 1)  # (D, C, H, W)
     torch.testing.assert_close(
