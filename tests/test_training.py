@@ -14,7 +14,7 @@ from test_hub import FakeHub
 from transformers import TrainerCallback
 
 from peft_medsa import MedSAError
-from peft_medsa.training.arguments import parse_arguments
+from peft_medsa.training.arguments import bf16_by_default, parse_arguments
 from peft_medsa.training.run import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -242,3 +242,37 @@ def test_push_without_a_token_stops_before_training(base, tmp_path, monkeypatch)
     with pytest.raises(MedSAError, match=r"no token\. Log in with `hf auth login`"):
         train(*parse_arguments(arguments(base, tmp_path / "run", "--push_to_hub")))
     assert not (tmp_path / "run").exists()  # nothing was trained, nothing half-written
+
+
+@pytest.mark.parametrize(
+    ("cuda", "bf16_supported", "fp16", "use_cpu", "expected"),
+    [
+        (False, False, False, False, False),  # CPU: float32
+        (True, True, False, False, True),  # an Ampere-or-newer GPU: bf16 autocast
+        (True, False, False, False, False),  # an older GPU: float32
+        (True, True, True, False, False),  # the user chose fp16
+        (True, True, False, True, False),  # the user chose the CPU
+    ],
+)
+def test_bf16_autocast_is_the_default_on_gpus_that_support_it(
+    monkeypatch, cuda, bf16_supported, fp16, use_cpu, expected
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16_supported)
+    assert bf16_by_default(fp16, use_cpu) is expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "yaml_values", "expected"),
+    [
+        ([], {}, False),
+        (["--bf16", "--use_cpu"], {"bf16": True, "use_cpu": True}, True),
+        (["--bf16", "false"], {"bf16": False}, False),
+    ],
+)
+def test_bf16_default_resolves_on_the_command_line_and_in_yaml(tmp_path, flags, yaml_values, expected):
+    """On this machine (no GPU) the default is off; an explicit --bf16 (bare or with a value) wins, in YAML too."""
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({"output_dir": str(tmp_path), "task": "demo-2d", **yaml_values}))
+    assert parse_arguments(["--output_dir", str(tmp_path), "--task", "demo-2d", *flags])[3].bf16 is expected
+    assert parse_arguments([str(config)])[3].bf16 is expected

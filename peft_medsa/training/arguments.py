@@ -164,6 +164,16 @@ class MedSATrainingArguments(TrainingArguments):
     and publish (`--push_to_hub`) the kept adapter once, at the end (`peft_medsa.training.run.train`)."""
 
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep `labels` for the loss."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bf16 autocast (mixed precision; weights and optimizer stay float32). Default: on when "
+            "training on a CUDA GPU with bf16 (Ampere or newer) and --fp16 is off, where it is the faster "
+            "setting; off on CPU, where bf16 matmuls are slow without AMX/AVX512-BF16.",
+            "nargs": "?",  # a bare --bf16 means true, as for the Trainer's other flags
+            "const": True,
+        },
+    )
     label_names: list[str] | None = field(
         default_factory=lambda: ["labels"], metadata={"help": "The targets."}
     )
@@ -187,6 +197,18 @@ class MedSATrainingArguments(TrainingArguments):
             "'all_checkpoints' to checkpoint-N/. Pickles (training_args.bin, optimizer state) are never pushed."
         },
     )
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None:
+            self.bf16 = bf16_by_default(self.fp16, self.use_cpu)
+        super().__post_init__()
+
+
+def bf16_by_default(fp16: bool, use_cpu: bool) -> bool:
+    """Whether `medsa train` autocasts to bf16 when --bf16 is not given: on a CUDA GPU that supports it."""
+    import torch
+
+    return not (fp16 or use_cpu) and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def parse_arguments(
