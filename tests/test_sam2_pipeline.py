@@ -181,3 +181,49 @@ def test_sam2_prompts_are_scaled_per_axis_into_the_stretched_frame():
     # x by 64 / 50, y by 64 / 40 (float32 products)
     torch.testing.assert_close(tensors["input_boxes"], torch.tensor([[[6.4, 8.0, 38.4, 40.0]]]))
     torch.testing.assert_close(tensors["input_points"], torch.tensor([[[[12.8, 32.0]]]]))
+
+
+def test_the_sam3_tracker_trains_and_propagates_through_a_volume(volume, tmp_path):
+    """The SAM 3 tracker takes the same path as SAM 2: `medsa train` 2 steps, then a volume propagated from a key
+    slice with its video model, written in the input's geometry."""
+    from conftest import tiny_sam3_tracker_config
+    from transformers import Sam3TrackerVideoConfig, Sam3TrackerVideoModel
+
+    torch.manual_seed(0)
+    Sam3TrackerVideoModel(tiny_sam3_tracker_config(Sam3TrackerVideoConfig)).save_pretrained(tmp_path / "base")
+    train = [
+        "train",
+        "--model_name_or_path",
+        tmp_path / "base",
+        "--task",
+        "demo-2d",
+        "--output_dir",
+        tmp_path / "a",
+    ]
+    steps = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--max_eval_samples", "4"]
+    quiet = ["--save_strategy", "no", "--report_to", "none", "--use_cpu", "--disable_tqdm", "true"]
+    assert run(*train, *steps, *quiet) == 0
+    assert any(
+        ".vision_encoder.backbone.layers." in key
+        for key in load_file(tmp_path / "a/adapter_model.safetensors")
+    )
+    source, output = volume / "up.nii.gz", tmp_path / "mask.nii.gz"
+    prompt = ["--box", 8, 6, 36, 32, "--slices", 3, "--propagate", "1:6"]
+    assert (
+        run(
+            "predict",
+            source,
+            "--model",
+            tmp_path / "base",
+            "--adapter",
+            tmp_path / "a",
+            *prompt,
+            "--output",
+            output,
+        )
+        == 0
+    )
+    image, mask = nib.load(source), nib.load(output)
+    assert mask.shape == image.shape and np.array_equal(mask.affine, image.affine)
+    data = np.asarray(mask.dataobj)
+    assert not data[:, :, [0, 6]].any() and data[:, :, 3].any()
