@@ -243,7 +243,7 @@ def test_eval_scores_an_adapter_and_the_box_baseline(checkpoints, tmp_path, caps
             '{"output_dir": "out", "learning_rate": "fast"}',
             r"`learning_rate` must be a finite number",
         ),
-        ("f.yaml", "output_dir: out\nbf16: maybe\n", r"`bf16` must be true or false, got 'maybe'"),
+        ("f.yaml", "output_dir: out\nbf16: maybe\n", r"`bf16` must be true or false or None, got 'maybe'"),
         ("g.yaml", "- output_dir\n", r"g.yaml must hold a mapping of argument names to values, got a list"),
         ("h.yaml", "output_dir: out\nadapter_ratio: [1]\n", r"`adapter_ratio` must be a finite number"),
         ("i.yaml", "output_dir: out\ntask: 5\n", r"`task` must be a string, got 5"),
