@@ -369,6 +369,24 @@ def add_profile_arguments(
     )
 
 
+def add_method_arguments(
+    parser: argparse.ArgumentParser,
+    verb: str,
+    methods: list[str],
+    checkpointing: list[str],
+    bf16_base: list[str],
+    methods_help: str | None = None,
+) -> None:
+    """`--methods`, and which of them also run with gradient checkpointing and with a bf16 base (`verb`: what
+    the script does with each, 'timed' or 'measured')."""
+    choices = {"nargs": "*", "choices": list(METHODS), "metavar": "METHOD"}
+    parser.add_argument("--methods", **choices | {"nargs": "+"}, default=methods, help=methods_help)
+    parser.add_argument("--checkpointing", **choices, default=checkpointing,
+                        help=f"methods also {verb} with gradient checkpointing")  # fmt: skip
+    parser.add_argument("--bf16-base", **choices, default=bf16_base,
+                        help=f"methods also {verb} with the frozen base in bf16 (adapters float32)")  # fmt: skip
+
+
 def add_compile_arguments(parser: argparse.ArgumentParser, choices: list[str]) -> None:
     """`--compile METHOD...` and its backend, `--profile`: for the scripts that time compiled models."""
     parser.add_argument("--compile", nargs="*", default=[], choices=choices, metavar="METHOD",

@@ -26,9 +26,9 @@ from dataclasses import replace
 from typing import Any
 
 from common import (
-    METHODS,
     Profile,
     Variant,
+    add_method_arguments,
     add_profile_arguments,
     markdown,
     memory_mb,
@@ -98,13 +98,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_profile_arguments(parser, batch=1, models=("sam", "sam2"))
-    methods = {"nargs": "*", "choices": list(METHODS), "metavar": "METHOD"}
-    parser.add_argument("--methods", **methods | {"nargs": "+"}, default=COMPARED,
-                        help="in this order; include full fine-tuning for the ratios")  # fmt: skip
-    parser.add_argument("--checkpointing", **methods, default=COMPARED,
-                        help="methods also measured with gradient checkpointing")  # fmt: skip
-    parser.add_argument("--bf16-base", **methods, default=["Med-SA paper"],
-                        help="of --methods: also measured with the frozen base in bf16 (adapters float32)")  # fmt: skip
+    add_method_arguments(
+        parser,
+        "measured",
+        COMPARED,
+        COMPARED,
+        ["Med-SA paper"],
+        "in this order; include full fine-tuning for the ratios",
+    )
     args = parser.parse_args(argv)
     profile = Profile.from_args(args)
     profile.setup()

@@ -24,6 +24,7 @@ from common import (
     Profile,
     Variant,
     add_compile_arguments,
+    add_method_arguments,
     add_profile_arguments,
     first_call_seconds,
     markdown,
@@ -71,12 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_profile_arguments(parser, repeats=3, models=("sam", "sam2"))
-    methods = {"nargs": "*", "choices": list(METHODS), "metavar": "METHOD"}
-    parser.add_argument("--methods", **methods | {"nargs": "+"}, default=list(METHODS))
-    parser.add_argument("--checkpointing", **methods, default=CHECKPOINTED,
-                        help="methods also timed with gradient checkpointing")  # fmt: skip
-    parser.add_argument("--bf16-base", **methods, default=[],
-                        help="methods also timed with the frozen base in bf16 (adapters float32)")  # fmt: skip
+    add_method_arguments(parser, "timed", list(METHODS), CHECKPOINTED, [])
     add_compile_arguments(parser, list(METHODS))
     args = parser.parse_args(argv)
     profile = Profile.from_args(args)

@@ -24,24 +24,21 @@ def run(*argv):
     return main([str(a) for a in argv])
 
 
+def train_two_steps(base, output) -> None:
+    """`medsa train` for 2 steps on the demo task, without checkpoints."""
+    train = ["train", "--model_name_or_path", base, "--task", "demo-2d", "--output_dir", output]
+    steps = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--max_eval_samples", "4"]
+    quiet = ["--save_strategy", "no", "--report_to", "none", "--use_cpu", "--disable_tqdm", "true"]
+    assert run(*train, *steps, *quiet) == 0
+
+
 @pytest.fixture(scope="module")
 def sam2(tmp_path_factory):
     """A tiny SAM 2 video checkpoint and a Med-SA adapter trained on it for 2 steps by `medsa train`."""
     root = tmp_path_factory.mktemp("sam2")
     torch.manual_seed(0)
     Sam2VideoModel(tiny_sam2_config(Sam2VideoConfig)).save_pretrained(root / "base")
-    train = [
-        "train",
-        "--model_name_or_path",
-        root / "base",
-        "--task",
-        "demo-2d",
-        "--output_dir",
-        root / "adapter",
-    ]
-    steps = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--max_eval_samples", "4"]
-    quiet = ["--save_strategy", "no", "--report_to", "none", "--use_cpu", "--disable_tqdm", "true"]
-    assert run(*train, *steps, *quiet) == 0
+    train_two_steps(root / "base", root / "adapter")
     return root
 
 
@@ -191,18 +188,7 @@ def test_the_sam3_tracker_trains_and_propagates_through_a_volume(volume, tmp_pat
 
     torch.manual_seed(0)
     Sam3TrackerVideoModel(tiny_sam3_tracker_config(Sam3TrackerVideoConfig)).save_pretrained(tmp_path / "base")
-    train = [
-        "train",
-        "--model_name_or_path",
-        tmp_path / "base",
-        "--task",
-        "demo-2d",
-        "--output_dir",
-        tmp_path / "a",
-    ]
-    steps = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--max_eval_samples", "4"]
-    quiet = ["--save_strategy", "no", "--report_to", "none", "--use_cpu", "--disable_tqdm", "true"]
-    assert run(*train, *steps, *quiet) == 0
+    train_two_steps(tmp_path / "base", tmp_path / "a")
     assert any(
         ".vision_encoder.backbone.layers." in key
         for key in load_file(tmp_path / "a/adapter_model.safetensors")
