@@ -276,3 +276,14 @@ def test_bf16_default_resolves_on_the_command_line_and_in_yaml(tmp_path, flags, 
     config.write_text(json.dumps({"output_dir": str(tmp_path), "task": "demo-2d", **yaml_values}))
     assert parse_arguments(["--output_dir", str(tmp_path), "--task", "demo-2d", *flags])[3].bf16 is expected
     assert parse_arguments([str(config)])[3].bf16 is expected
+
+
+def test_torch_compile_without_a_cpp_compiler_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no g++ there
+    monkeypatch.delenv("CXX", raising=False)
+    args = ["--output_dir", str(tmp_path / "run"), "--task", "demo-2d", "--use_cpu", "--torch_compile"]
+    with pytest.raises(
+        MedSAError, match=r"^--torch_compile builds C\+\+ kernels for the CPU, but no C\+\+ compiler"
+    ):
+        train(*parse_arguments(args))
+    assert not (tmp_path / "run").exists()  # refused before anything was loaded or written

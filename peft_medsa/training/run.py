@@ -7,6 +7,8 @@ Distribution (DDP, FSDP, several nodes) comes from `accelerate launch`; nothing 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,19 @@ def make_trainer(
     )
 
 
+def check_compiler(training_args: TrainingArguments) -> None:
+    """`--torch_compile` with inductor on a CPU builds C++ kernels: without a compiler it would fail at the first
+    step, deep inside torch and after the model and data are loaded."""
+    backend = training_args.torch_compile_backend or "inductor"
+    if not training_args.torch_compile or backend != "inductor" or training_args.device.type != "cpu":
+        return
+    if not any(shutil.which(name) for name in (os.environ.get("CXX"), "g++") if name):
+        raise MedSAValueError(
+            "--torch_compile builds C++ kernels for the CPU, but no C++ compiler was found (g++, or the one $CXX "
+            "names). Install one (e.g. `apt-get install g++`), or train without --torch_compile."
+        )
+
+
 def train(
     model_args: ModelArguments,
     task_args: TaskArguments,
@@ -109,6 +124,7 @@ def train(
     publish = training_args.push_to_hub and training_args.process_index == 0
     if publish:
         check_hub_access(training_args.hub_token)  # before training, not after it
+    check_compiler(training_args)
     # The Trainer would upload at every save, pickles included; `train()` uploads the kept adapter at the end instead.
     trainer_args = replace(training_args, push_to_hub=False)
     callbacks = list(callbacks or [])
