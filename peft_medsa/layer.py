@@ -163,10 +163,8 @@ class MedSAVisionLayer(GradientCheckpointingLayer, MedSALayer):
         base = self.base_layer
         normed = base.layer_norm1(hidden_states)  # shared by the spatial and the depth branch
         depth_adapters = self._active("depth") if num_slices > 1 else []
-        if depth_adapters:
-            attention, depth = self._spatial_and_depth_attention(normed, num_slices)
-        else:
-            attention, depth = self._spatial_attention(normed), None
+        attention, qkv = self._spatial_attention(normed, keep_qkv=bool(depth_adapters))
+        depth = self.depth_attention(qkv, num_slices) if depth_adapters else None
 
         space = self._sum_of("space", attention)
         if space is not None:  # serial Space adapter: a = a + Adapter(a)
@@ -177,36 +175,28 @@ class MedSAVisionLayer(GradientCheckpointingLayer, MedSALayer):
 
         return hidden_states + self._mlp_with_adapters(base.mlp, base.layer_norm2(hidden_states))
 
-    def _spatial_attention(self, normed: torch.Tensor) -> torch.Tensor:
-        """SAM's own (windowed or global) attention over the tokens of each slice: (B*D, H, W, C)."""
-        base = self.base_layer
-        if base.window_size == 0:
-            return self._attend_within_windows(base.attn.qkv(normed))
-        height, width = normed.shape[1:3]
-        windows, padded = base.window_partition(normed, base.window_size)
-        windows = self._attend_within_windows(base.attn.qkv(windows))
-        return base.window_unpartition(windows, base.window_size, padded, (height, width))
-
-    def _spatial_and_depth_attention(
-        self, normed: torch.Tensor, num_slices: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both branches from one `qkv` projection: the spatial attention of SAM and the depth attention of SD-Trans.
+    def _spatial_attention(
+        self, normed: torch.Tensor, keep_qkv: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """SAM's own (windowed or global) attention over the tokens of each slice, (B*D, H, W, C), and with
+        `keep_qkv` the `qkv` projection it used, on the whole slice (B*D, H, W, 3C), for SD-Trans's depth branch.
 
         The depth branch sees the whole, un-windowed slice, so it always mixes the *same* token position across
         the D slices of one volume, in windowed blocks too; volumes never mix.
         """
         base = self.base_layer
-        height, width = normed.shape[1:3]
-        if base.window_size > 0:
-            windows, padded = base.window_partition(normed, base.window_size)  # (B*D*nW, ws, ws, C)
-            qkv = base.attn.qkv(windows)  # (B*D*nW, ws, ws, 3C): padding tokens get the bias, as in SAM
-            spatial = self._attend_within_windows(qkv)
-            spatial = base.window_unpartition(spatial, base.window_size, padded, (height, width))
-            qkv = base.window_unpartition(qkv, base.window_size, padded, (height, width))  # (B*D, H, W, 3C)
-        else:
+        if base.window_size == 0:
             qkv = base.attn.qkv(normed)
-            spatial = self._attend_within_windows(qkv)
-        return spatial, self.depth_attention(qkv, num_slices)
+            return self._attend_within_windows(qkv), (qkv if keep_qkv else None)
+        height, width = normed.shape[1:3]
+        windows, padded = base.window_partition(normed, base.window_size)  # (B*D*nW, ws, ws, C)
+        qkv = base.attn.qkv(windows)  # (B*D*nW, ws, ws, 3C): padding tokens get the bias, as in SAM
+        spatial = base.window_unpartition(
+            self._attend_within_windows(qkv), base.window_size, padded, (height, width)
+        )
+        if not keep_qkv:
+            return spatial, None
+        return spatial, base.window_unpartition(qkv, base.window_size, padded, (height, width))
 
     def _attend_within_windows(self, qkv: torch.Tensor) -> torch.Tensor:
         """SAM's multi-head attention with decomposed relative positions, from a precomputed qkv (b, h, w, 3C).

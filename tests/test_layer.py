@@ -20,15 +20,29 @@ def vision_block(window_size: int, image_size: int = 64, depth_attention: bool =
     return MedSAVisionLayer(layer, "default", MedSAConfig(depth_attention=depth_attention), SliceContext())
 
 
+def sams_attention(block: MedSAVisionLayer, hidden: torch.Tensor) -> torch.Tensor:
+    """The wrapped block's own attention module (transformers' SAM attention) over (b, h, w, C) tokens."""
+    base = block.base_layer
+    if base.window_size == 0:
+        return base.attn(hidden_states=hidden)[0]
+    windows, padded = base.window_partition(hidden, base.window_size)
+    return base.window_unpartition(
+        base.attn(hidden_states=windows)[0], base.window_size, padded, hidden.shape[1:3]
+    )
+
+
 @pytest.mark.parametrize("window_size", [4, 0])
 @pytest.mark.parametrize("image_size", [64, 80])
 def test_shared_qkv_spatial_attention_equals_sams(window_size, image_size):
-    """The volume path computes SAM's spatial attention from the qkv it shares with the depth branch."""
+    """The volume path computes SAM's spatial attention from the qkv it shares with the depth branch, and hands
+    the depth branch that qkv on the whole slice."""
     block = vision_block(window_size, image_size)
     tokens = image_size // 8
     normed = block.base_layer.layer_norm1(torch.randn(6, tokens, tokens, 64))
-    spatial, depth = block._spatial_and_depth_attention(normed, num_slices=3)
-    torch.testing.assert_close(spatial, block._spatial_attention(normed), atol=1e-5, rtol=1e-5)
+    spatial, qkv = block._spatial_attention(normed, keep_qkv=True)
+    torch.testing.assert_close(spatial, sams_attention(block, normed), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(qkv, block.base_layer.attn.qkv(normed), atol=1e-5, rtol=1e-5)
+    depth = block.depth_attention(qkv, num_slices=3)
     assert depth.shape == normed.shape
 
 
@@ -39,25 +53,15 @@ def test_folded_relative_positions_give_sams_attention_and_gradients(window_size
     values and input gradients equal SAM's own attention module's, with non-zero relative positions (SAM's init
     leaves them at zero)."""
     block = vision_block(window_size, image_size)
-    base = block.base_layer
     with torch.no_grad():
-        base.attn.rel_pos_h.normal_(std=0.5)
-        base.attn.rel_pos_w.normal_(std=0.5)
+        block.base_layer.attn.rel_pos_h.normal_(std=0.5)
+        block.base_layer.attn.rel_pos_w.normal_(std=0.5)
     tokens = image_size // 8
     normed = torch.randn(3, tokens, tokens, 64, requires_grad=True)
-
-    def sams_attention(hidden: torch.Tensor) -> torch.Tensor:
-        if base.window_size == 0:
-            return base.attn(hidden_states=hidden)[0]
-        windows, padded = base.window_partition(hidden, base.window_size)
-        return base.window_unpartition(
-            base.attn(hidden_states=windows)[0], base.window_size, padded, (tokens, tokens)
-        )
-
     weights = torch.randn(3, tokens, tokens, 64)
-    folded = block._spatial_attention(normed)
+    folded = block._spatial_attention(normed)[0]
     (folded_grad,) = torch.autograd.grad((folded * weights).sum(), normed)
-    expected = sams_attention(normed)
+    expected = sams_attention(block, normed)
     (expected_grad,) = torch.autograd.grad((expected * weights).sum(), normed)
     assert expected.abs().max() > 0.1
     torch.testing.assert_close(folded, expected, atol=1e-5, rtol=1e-5)
