@@ -7,10 +7,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_sam2_config
+from conftest import tiny_sam2_config, tiny_sam3_tracker_config
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import Sam2Model, Sam2VideoConfig, Sam2VideoModel
+from transformers import (
+    Sam2Model,
+    Sam2VideoConfig,
+    Sam2VideoModel,
+    Sam3TrackerVideoConfig,
+    Sam3TrackerVideoModel,
+)
 
 from peft_medsa import MedSAValueError
 from peft_medsa.cli import main
@@ -183,9 +189,6 @@ def test_sam2_prompts_are_scaled_per_axis_into_the_stretched_frame():
 def test_the_sam3_tracker_trains_and_propagates_through_a_volume(volume, tmp_path):
     """The SAM 3 tracker takes the same path as SAM 2: `medsa train` 2 steps, then a volume propagated from a key
     slice with its video model, written in the input's geometry."""
-    from conftest import tiny_sam3_tracker_config
-    from transformers import Sam3TrackerVideoConfig, Sam3TrackerVideoModel
-
     torch.manual_seed(0)
     Sam3TrackerVideoModel(tiny_sam3_tracker_config(Sam3TrackerVideoConfig)).save_pretrained(tmp_path / "base")
     train_two_steps(tmp_path / "base", tmp_path / "a")
