@@ -178,7 +178,7 @@ class Segmenter:
             )
         images = [to_rgb(image) for image in images]
         height, width = images[0].shape[:2]
-        processed = self.preprocessor(images, [np.zeros((height, width), np.uint8)] * len(images))
+        processed = self.preprocessor(images)
         pixel_values = torch.from_numpy(processed.pixel_values)  # (n, 3, S, S)
         if self.depth_attention and len(images) > 1:
             pixel_values = pixel_values.transpose(0, 1)[None]  # (1, 3, n, S, S): one volume

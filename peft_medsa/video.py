@@ -62,7 +62,7 @@ def propagate(
     device, dtype = next(base.parameters()).device, next(base.parameters()).dtype
     preprocessor = preprocessor_for(base.config)
     frames = [to_rgb(image) for image in volume[slices.start : slices.stop]]
-    pixel_values = preprocessor(frames, [np.zeros((height, width), np.uint8)] * len(frames)).pixel_values
+    pixel_values = preprocessor(frames).pixel_values
     session = _SESSIONS[family](
         video=torch.from_numpy(pixel_values),  # (n, 3, S, S)
         video_height=height,

@@ -88,11 +88,12 @@ def decode_mask(
 @dataclass
 class ProcessedImages:
     """The processor's output for n images: `pixel_values` (n, 3, S, S) float32; `labels` (n, Hm, Wm) uint8
-    class ids at the mask-decoder resolution; `targets` n label maps (h, w) in the unpadded input frame."""
+    class ids at the mask-decoder resolution; `targets` n label maps (h, w) in the unpadded input frame. Without
+    label maps (images to segment, not to train on) `labels` and `targets` are None."""
 
     pixel_values: np.ndarray
-    labels: np.ndarray
-    targets: list[np.ndarray]
+    labels: np.ndarray | None
+    targets: list[np.ndarray] | None
     original_size: tuple[int, int]
     reshaped_size: tuple[int, int]
 
@@ -132,26 +133,30 @@ class SamPreprocessor:
             return scale, scale
         return self.image_size / width, self.image_size / height
 
-    def __call__(self, images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray]) -> ProcessedImages:
+    def __call__(
+        self, images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray] | None = None
+    ) -> ProcessedImages:
         """`images` (H, W, 3) uint8 and `label_maps` (H, W) uint8, all of one size (slices of one volume)."""
         encoding = self.image_processor(  # channels-last, stated: a 3-row image is not 3 channels
             images=list(images),
-            segmentation_maps=list(label_maps),
+            segmentation_maps=None if label_maps is None else list(label_maps),
             input_data_format=ChannelDimension.LAST,
             return_tensors="np",
         )
-        targets = [
-            self.image_processor.resize(
-                m[None],
-                SizeDict(longest_edge=self.image_size),
-                PILImageResampling.NEAREST,
-                input_data_format=ChannelDimension.FIRST,
-            )[0]
-            for m in label_maps
-        ]  # each (h, w): the same nearest resize the processor applies, without padding
+        targets = None
+        if label_maps is not None:
+            targets = [
+                self.image_processor.resize(
+                    m[None],
+                    SizeDict(longest_edge=self.image_size),
+                    PILImageResampling.NEAREST,
+                    input_data_format=ChannelDimension.FIRST,
+                )[0]
+                for m in label_maps
+            ]  # each (h, w): the same nearest resize the processor applies, without padding
         return ProcessedImages(
             pixel_values=encoding["pixel_values"],
-            labels=encoding["labels"].astype(np.uint8),
+            labels=None if label_maps is None else encoding["labels"].astype(np.uint8),
             targets=targets,
             original_size=tuple(int(v) for v in encoding["original_sizes"][0]),
             reshaped_size=tuple(int(v) for v in encoding["reshaped_input_sizes"][0]),
