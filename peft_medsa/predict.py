@@ -147,7 +147,6 @@ class Segmenter:
         self.device = _device(device)
         self.model = model.eval().to(self.device)
         self.preprocessor = preprocessor_for(model.config)
-        self.image_size = self.preprocessor.image_size
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a PeftModel
         # A video model segments volumes only, by propagation.
         self.video = hasattr(base, "propagate_in_video_iterator")
