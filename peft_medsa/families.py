@@ -133,7 +133,10 @@ UNSUPPORTED = {
 
 
 def family_of(model: nn.Module) -> SamFamily:
-    """The SAM generation of `model`, from its module layout; a clear TypeError for anything else."""
+    """The SAM generation of `model` (a PeftModel: of its base model), from its module layout; a clear TypeError
+    for anything else."""
+    if hasattr(model, "get_base_model"):  # a PeftModel
+        model = model.get_base_model()
     decoder = getattr(model, "mask_decoder", None)
     if decoder is not None and hasattr(decoder, "transformer"):
         for family in FAMILIES:

@@ -121,7 +121,7 @@ def build_model_card(
         usage=_usage(
             base_model or "facebook/sam-vit-base",
             repo_id or "path/to/this/adapter",
-            family_of(model.get_base_model()),
+            family_of(model),
         ),
         eval_split=eval_split,
         eval_protocol=eval_protocol,

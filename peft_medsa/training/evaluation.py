@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from peft import PeftModel
 from transformers import EvalPrediction, SamImageProcessorPil
 
 from ..data import SamDataCollator, load_task, resolve_task
@@ -227,7 +226,7 @@ def evaluate(
 
 def check_takes_volumes(model: torch.nn.Module, volumes: bool) -> None:
     """`--depth` (3-D chunks through SD-Trans) asks for SAM; other families take volumes slice by slice."""
-    family = family_of(model.get_base_model() if isinstance(model, PeftModel) else model)
+    family = family_of(model)
     if volumes and not family.takes_volumes:
         raise MedSAValueError(
             f"--depth (chunks of slices through SD-Trans, the depth branch) is SAM-only; this is a {family.name} "
