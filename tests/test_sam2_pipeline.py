@@ -2,6 +2,7 @@
 Sam2VideoModel saved as a folder, as `facebook/sam2.1-hiera-tiny` is saved (model type `sam2_video`)."""
 
 import json
+import re
 
 import nibabel as nib
 import numpy as np
@@ -216,3 +217,31 @@ def test_the_sam3_tracker_trains_and_propagates_through_a_volume(volume, tmp_pat
     assert mask.shape == image.shape and np.array_equal(mask.affine, image.affine)
     data = np.asarray(mask.dataobj)
     assert not data[:, :, [0, 6]].any() and data[:, :, 3].any()
+
+
+@pytest.mark.parametrize(
+    ("propagate", "message"),
+    [
+        ("6:2", "--propagate '6:2': START must be smaller than STOP"),
+        ("abc", "--propagate 'abc': expected K or START:STOP"),
+        ("0:99", r"cannot propagate through slices 0:99; expected START:STOP"),
+    ],
+)
+def test_bad_propagation_ranges_are_one_line(sam2, volume, tmp_path, capsys, propagate, message):
+    argv = [
+        "--box",
+        8,
+        6,
+        36,
+        32,
+        "--slices",
+        3,
+        "--propagate",
+        propagate,
+        "--output",
+        tmp_path / "mask.nii.gz",
+    ]
+    assert run("predict", volume / "up.nii.gz", "--model", sam2 / "base", *argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and re.search(message, error), error
+    assert not (tmp_path / "mask.nii.gz").exists()
